@@ -1,0 +1,259 @@
+import keras
+import numpy as np
+from keras import ops
+
+from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
+from keras_congeal.models.presets import get_preset
+from keras_congeal.ops import geometry
+
+_EPS = 1e-6
+
+
+@keras.saving.register_keras_serializable(package="keras_congeal")
+class Congealer(keras.Model):
+    """Deep penalised reconstruction congealing: aligner + auto-encoder + reference.
+
+    Trains with no labels on the loss of the paper's Eq. (8),
+
+        L = D + lambda * C + mu * K,
+
+    all attached with `add_loss`, so that `compile(optimizer=...)` then
+    `fit(images)` trains it:
+
+    * `D`, the distortion: mean over the batch of the per-pixel L1 distance
+      between each aligned image and the reference image (Eq. 5);
+    * `C`, the complexity: the penalised auto-encoder's loss on the aligned
+      batch (Eq. 7; see `PenalisedAutoencoder`);
+    * `K`, the **ink-preservation** penalty, a deviation from the paper:
+      `mean_i log(sum(aligned_i) / sum(input_i))^2`. Without it, `D` and `C`
+      are both lowered by shrinking the content or warping it out of the
+      frame (an empty image is closer in L1 to a thin-stroke reference than a
+      misaligned digit is), and training collapses while APSNR climbs. `K`
+      asks each warp to keep the image's content in the frame at its scale.
+      `ink_weight=0` gives the paper's loss exactly.
+
+    Args:
+        aligner: a `DeSTNet` (or any layer mapping images to the offset
+            parameters of `aligner.transform`).
+        autoencoder: a `PenalisedAutoencoder`, or `None` when `objective`
+            is `"D"`.
+        reference: array (H, W, C), values in [0, 1]: the image `I_j` that
+            `D` aligns to. Saved with the model.
+        objective: str. `"D+C"` (the paper's method), `"D"` or `"C"` (the
+            ablation of Sec. 3.2). Defaults to `"D+C"`.
+        lam: float. `lambda` of Eq. (8). Defaults to 1.
+        ink_weight: float. `mu`, the weight of the ink-preservation penalty.
+            Defaults to 1.
+
+    Call returns a dict: `"aligned"` (B, H, W, C), `"params"` (B, n) and the
+    per-image terms `"distortion"`, `"complexity"` and `"ink_log_ratio"` (B,).
+
+    Example:
+
+    >>> congealer = Congealer.from_preset("mnist", reference=images[0])
+    >>> congealer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> congealer.fit(images, batch_size=64, epochs=10)
+    >>> result = congealer.align(images)  # aligned images, pixel transforms
+    """
+
+    _SUPPORTED_OBJECTIVES = ("D+C", "D", "C")
+
+    def __init__(
+        self,
+        aligner,
+        autoencoder,
+        reference,
+        objective="D+C",
+        lam=1.0,
+        ink_weight=1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if objective not in self._SUPPORTED_OBJECTIVES:
+            raise ValueError(
+                f"Unknown objective={objective!r}. Expected one of "
+                f"{self._SUPPORTED_OBJECTIVES}."
+            )
+        if "C" in objective and autoencoder is None:
+            raise ValueError(f"objective={objective!r} needs an `autoencoder`, received None.")
+        reference = np.asarray(reference, dtype="float32")
+        if reference.ndim == 2:
+            reference = reference[..., None]
+        if reference.ndim != 3:
+            raise ValueError(
+                "Expected `reference` of shape (height, width) or (height, width, "
+                f"channels), received shape {reference.shape}."
+            )
+        if not np.all(np.isfinite(reference)):
+            raise ValueError("`reference` contains NaN or infinite values.")
+        self.aligner = aligner
+        self.autoencoder = autoencoder if "C" in objective else None
+        self.objective = objective
+        self.lam = float(lam)
+        self.ink_weight = float(ink_weight)
+        self.image_shape = tuple(int(v) for v in reference.shape)
+        self.transform = aligner.transform
+        if self.autoencoder is not None:
+            self.autoencoder.loss_weight = self.lam
+        self.sampler = BilinearSampler(self.transform, name="sampler")
+        self.reference = self.add_weight(
+            shape=self.image_shape,
+            initializer=keras.initializers.Constant(reference),
+            trainable=False,
+            name="reference",
+        )
+        self.distortion_tracker = keras.metrics.Mean(name="distortion")
+        self.complexity_tracker = keras.metrics.Mean(name="complexity")
+        self.ink_tracker = keras.metrics.Mean(name="ink")
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset,
+        reference,
+        transform="homography",
+        fusion="additive",
+        code_size=None,
+        gamma=1.0,
+        k=1,
+        **kwargs,
+    ):
+        """Builds the Table-1 architecture `preset` ("mnist" or "lfw").
+
+        `reference` sets the image shape. Other keyword arguments go to the
+        constructor (`objective`, `lam`, `ink_weight`).
+        """
+        config = get_preset(preset)
+        aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner",
+                          **config["aligner"])
+        ae_config = config["autoencoder"]
+        if code_size is not None:
+            ae_config["code_size"] = code_size
+        autoencoder = PenalisedAutoencoder(gamma=gamma, k=k, name="autoencoder", **ae_config)
+        return cls(aligner, autoencoder, reference, **kwargs)
+
+    def build(self, input_shape):
+        self._check_images_shape(input_shape)
+        self.aligner.build(input_shape)
+        self.sampler.build((input_shape, (None, geometry.num_params(self.transform))))
+        if self.autoencoder is not None:
+            self.autoencoder.build(input_shape)
+        self.built = True
+
+    def build_from_config(self, config):
+        self.build(config["input_shape"])
+
+    def _check_images_shape(self, shape):
+        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"Expected images of shape (batch, {', '.join(map(str, self.image_shape))}) "
+                f"like the reference, received shape {tuple(shape)}."
+            )
+
+    def call(self, images):
+        self._check_images_shape(images.shape)
+        params = self.aligner(images)
+        aligned = self.sampler([images, params])
+        reference = ops.cast(self.reference, aligned.dtype)
+        distortion = ops.mean(ops.abs(aligned - reference[None]), axis=(1, 2, 3))
+        ink_log_ratio = ops.log(
+            (ops.sum(aligned, axis=(1, 2, 3)) + _EPS) / (ops.sum(images, axis=(1, 2, 3)) + _EPS)
+        )
+        if "D" in self.objective:
+            self.add_loss(ops.mean(distortion))
+        if self.ink_weight:
+            self.add_loss(self.ink_weight * ops.mean(ops.square(ink_log_ratio)))
+        if self.autoencoder is not None:
+            terms = self.autoencoder(aligned)  # adds lam * C itself
+            complexity = terms["reconstruction_error"] + terms["penalty"]
+        else:
+            complexity = ops.zeros_like(distortion)
+        return {
+            "aligned": aligned,
+            "params": params,
+            "distortion": distortion,
+            "complexity": complexity,
+            "ink_log_ratio": ink_log_ratio,
+        }
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.distortion_tracker.update_state(y_pred["distortion"])
+        self.complexity_tracker.update_state(y_pred["complexity"])
+        self.ink_tracker.update_state(ops.exp(y_pred["ink_log_ratio"]))
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def pixel_transforms(self, params, input_size=None, output_size=None):
+        """Pixel `src_from_dst` matrices (float64, (B, 3, 3)) for parameters.
+
+        Matrix `i` maps a pixel `(x, y, 1)` of aligned image `i` to the pixel of
+        input image `i` it was sampled from (divide by the third component).
+        `input_size`/`output_size` default to the training size; any other size
+        (e.g. full-resolution originals) gives the same warp at that size.
+        """
+        size = self.image_shape[:2]
+        delta = geometry.params_to_delta(ops.convert_to_tensor(params, "float32"), self.transform)
+        matrices = geometry.delta_to_pixel_matrix(delta, input_size or size, output_size or size)
+        return ops.convert_to_numpy(matrices).astype("float64")
+
+    def align(self, images, batch_size=256, verbose=0):
+        """Aligns images with the trained aligner (no re-optimisation).
+
+        Args:
+            images: array (N, H, W, C) (or (N, H, W) for one channel), floats
+                in [0, 1], of the training shape.
+            batch_size: int. Images per forward pass.
+            verbose: int. 1 shows a progress bar.
+
+        Returns:
+            A dict of NumPy arrays: `"aligned"` (N, H, W, C) float32 and
+            `"transforms"` (N, 3, 3) float64, pixel `src_from_dst` matrices
+            (see `pixel_transforms`).
+        """
+        images = np.asarray(images)
+        if images.ndim == 3 and self.image_shape[-1] == 1:
+            images = images[..., None]
+        self._check_images_shape((None,) + images.shape[1:] if images.ndim == 4 else images.shape)
+        if len(images) == 0:
+            raise ValueError("`images` is empty: expected at least one image.")
+        aligned, transforms = [], []
+        progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size], dtype="float32")
+            if not np.all(np.isfinite(batch)):
+                raise ValueError(f"`images` contains NaN or infinite values (batch at {start}).")
+            out = self._predict_batch(batch)
+            aligned.append(ops.convert_to_numpy(out["aligned"]))
+            transforms.append(self.pixel_transforms(out["params"]))
+            if progress is not None:
+                progress.add(len(batch))
+        return {"aligned": np.concatenate(aligned), "transforms": np.concatenate(transforms)}
+
+    def _predict_batch(self, batch):
+        params = self.aligner(batch)
+        return {"aligned": self.sampler([ops.convert_to_tensor(batch), params]), "params": params}
+
+    def get_config(self):
+        config = {
+            "aligner": keras.saving.serialize_keras_object(self.aligner),
+            "autoencoder": (
+                keras.saving.serialize_keras_object(self.autoencoder)
+                if self.autoencoder is not None else None
+            ),
+            # The reference's values are saved with the weights; the config only
+            # needs its shape to rebuild the variable.
+            "reference_shape": list(self.image_shape),
+            "objective": self.objective,
+            "lam": self.lam,
+            "ink_weight": self.ink_weight,
+        }
+        return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        aligner = keras.saving.deserialize_keras_object(config.pop("aligner"))
+        autoencoder = config.pop("autoencoder")
+        if autoencoder is not None:
+            autoencoder = keras.saving.deserialize_keras_object(autoencoder)
+        reference = np.zeros(config.pop("reference_shape"), "float32")
+        return cls(aligner, autoencoder, reference, **config)

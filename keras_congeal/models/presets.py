@@ -1,0 +1,54 @@
+"""Architectures of the seed paper's Table 1, as plain dicts of constructor
+arguments for `DeSTNet` and `PenalisedAutoencoder`."""
+
+PRESETS = {
+    # Table 1, MNIST: F{[conv7-4 | conv7-8 | conv1-8] x 4}; encoder
+    # [conv3-100*] x 3 | [conv1-1024] x 2 | conv1-|z|; decoder
+    # [conv1-1024] x 2 | conv1-16 | [conv3-100*] x 3 | conv1-1.
+    "mnist": {
+        "description": "Table 1's MNIST model (28x28 digits; any size up to ~64 px).",
+        "aligner": {
+            "num_stages": 4,
+            "localisation": [[7, 4, 1], [7, 8, 1], [1, 8, 1]],
+            "fusion_units": 32,
+            "padding": "valid",
+        },
+        "autoencoder": {
+            "code_size": 16,
+            "encoder_convs": [[3, 100], [3, 100], [3, 100]],
+            "dense_units": [1024, 1024],
+            "bottleneck_channels": 1,
+        },
+    },
+    # Table 1, LFW: F{[conv3-64* | conv3-128* | conv3-256* | conv1-8] x 5};
+    # encoder [conv3-128*] x 3 | [conv1-512] x 2 | conv1-|z|; decoder
+    # [conv1-512] x 2 | conv1-3072 | [conv3-128*] x 3 | conv1-3.
+    "lfw": {
+        "description": "Table 1's LFW model (faces, ~64-250 px).",
+        "aligner": {
+            "num_stages": 5,
+            "localisation": [[3, 64, 2], [3, 128, 2], [3, 256, 2], [1, 8, 1]],
+            "fusion_units": 32,
+            "padding": "same",
+        },
+        "autoencoder": {
+            "code_size": 32,
+            "encoder_convs": [[3, 128], [3, 128], [3, 128]],
+            "dense_units": [512, 512],
+            "bottleneck_channels": 48,
+        },
+    },
+}
+
+
+def get_preset(name):
+    """Returns a copy of preset `name`'s constructor arguments."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset={name!r}. Expected one of {sorted(PRESETS)}.")
+    preset = PRESETS[name]
+    return {"aligner": dict(preset["aligner"]), "autoencoder": dict(preset["autoencoder"])}
+
+
+def preset_for_size(height, width):
+    """The preset that suits images of `height x width`: `mnist` up to 64 px."""
+    return "mnist" if max(height, width) <= 64 else "lfw"
