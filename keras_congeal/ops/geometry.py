@@ -257,5 +257,5 @@ def transform_points(matrix, points):
 
 def _clamp_w(w):
     # |w| >= eps keeping its sign (0 counts as positive).
-    sign = ops.where(w < 0, -1.0, 1.0)
-    return sign * ops.maximum(ops.abs(w), PERSPECTIVE_EPSILON)
+    ones = ops.ones_like(w)
+    return ops.where(w < 0, -ones, ones) * ops.maximum(ops.abs(w), PERSPECTIVE_EPSILON)
