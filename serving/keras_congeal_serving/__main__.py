@@ -1,0 +1,206 @@
+"""Command line of keras_congeal_serving: `align` (batch) and `serve` (HTTP).
+
+Usage examples:
+
+    # Align a .npy stack (memory-mapped) into results/digits/
+    python -m keras_congeal_serving align aligner.onnx digits.npy --output results/digits
+
+    # An array inside an .npz or HDF5 file, 512 images per onnxruntime call
+    python -m keras_congeal_serving align aligner.onnx data.h5 --key train/images \\
+        --output results/train --batch-size 512 --providers cuda,cpu --strict
+
+    # A folder of PNG/JPEG files (sorted by name; names kept in filenames.json)
+    python -m keras_congeal_serving align aligner.onnx photos/ --output results/photos
+
+    # The HTTP service
+    python -m keras_congeal_serving serve aligner.onnx --host 127.0.0.1 --port 8080 \\
+        --max-batch 64 --max-payload-mb 16 --batch-timeout-ms 5
+
+Exit status: 0 on success, 1 for a bad input, model or provider (one line on
+stderr, nothing written), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from keras_congeal_serving import __version__
+from keras_congeal_serving.errors import InputError, ModelError, ProviderError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "keras-congeal-serving"
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--providers",
+        default=None,
+        help="comma-separated onnxruntime execution providers, most preferred first: "
+        "full names or aliases cpu, cuda, tensorrt, rocm, openvino, coreml, dml "
+        "(default: cuda,cpu when CUDA is available, else cpu)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if the first provider is not the one in use (no silent CPU fallback)",
+    )
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=None, help="onnxruntime intra-op threads"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="logging level (default: warning for align, info for serve)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Align images with an exported keras_congeal ONNX model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    align = commands.add_parser(
+        "align",
+        help="align a .npy/.npz/HDF5 array or a folder of PNG/JPEG into a directory",
+        description="Writes aligned.npy, transforms.npy, report.json (and filenames.json "
+        "for a folder) into OUTPUT, atomically.",
+    )
+    align.add_argument("model", help="the exported .onnx model")
+    align.add_argument("input", help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG")
+    align.add_argument("--output", "-o", required=True, help="output directory (created)")
+    align.add_argument("--batch-size", type=int, default=64, help="images per call (64)")
+    align.add_argument("--key", default=None, help="array name in .npz / dataset in HDF5")
+    align.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUTPUT (only once the new result is complete)",
+    )
+    align.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_runtime_arguments(align)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service (FastAPI on uvicorn)",
+        description="POST /v1/align, GET /health, /ready, /metrics.",
+    )
+    serve.add_argument("model", help="the exported .onnx model")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="most images per request and per onnxruntime call (64)",
+    )
+    serve.add_argument(
+        "--max-payload-mb", type=float, default=16.0, help="largest request body in MiB (16)"
+    )
+    serve.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
+        help="how long the batcher waits for more requests once one arrived (5)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="images waiting for the model beyond which requests get 503 (16 x max-batch)",
+    )
+    serve.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="largest decoded image for --any-size models (16777216)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="uvicorn access log")
+    _add_runtime_arguments(serve)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _align(args: argparse.Namespace) -> int:
+    from keras_congeal_serving.batch import run_align
+
+    report = run_align(
+        args.model,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        key=args.key,
+        overwrite=args.overwrite,
+        providers=args.providers,
+        strict=args.strict,
+        intra_op_threads=args.intra_op_threads,
+        progress=not args.no_progress,
+    )
+    print(
+        f"aligned {report['count']} images in {report['seconds']:.2f} s "
+        f"({report['images_per_second']} images/s, {', '.join(report['providers'])}) "
+        f"-> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from keras_congeal_serving.server import serve  # ImportError without the `http` extra
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        providers=args.providers,
+        strict=args.strict,
+        intra_op_threads=args.intra_op_threads,
+        max_batch=args.max_batch,
+        max_payload_bytes=int(args.max_payload_mb * 2**20),
+        batch_timeout_s=args.batch_timeout_ms / 1000,
+        max_queue_images=args.max_queue,
+        max_image_pixels=args.max_image_pixels,
+        log_level=args.log_level or "info",
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "align" and args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.command == "serve":
+        if args.max_batch < 1:
+            parser.error("--max-batch must be >= 1")
+        if args.max_payload_mb <= 0 or args.batch_timeout_ms < 0:
+            parser.error("--max-payload-mb must be > 0 and --batch-timeout-ms >= 0")
+    default_level = "warning" if args.command == "align" else "info"
+    _configure_logging(args.log_level or default_level)
+    try:
+        if args.command == "align":
+            return _align(args)
+        return _serve(args)
+    except (InputError, ModelError, ProviderError, OSError, ValueError, ImportError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
