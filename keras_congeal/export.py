@@ -153,23 +153,17 @@ def load_congealer(path):
 # === Graph construction ===
 
 
-@contextlib.contextmanager
 def _gridsample_warps():
-    """Routes `keras_congeal.ops.sampling.warp` through `ImageProjectiveTransformV3`.
+    """Routes the layers' warps through `ImageProjectiveTransformV3`.
 
-    `BilinearSampler` (inside the DeSTNet aligner) calls `sampling.warp` at call
-    time; while this is active, those calls trace the single TensorFlow op that
-    the tf2onnx handler converts to `GridSample`. Restored on exit.
+    `BilinearSampler` (inside the DeSTNet aligner) asks
+    `sampling.current_warp()` at call time; within this block those calls trace
+    the single TensorFlow op that the tf2onnx handler converts to `GridSample`.
     """
     from keras_congeal import _onnx_ops
     from keras_congeal.ops import sampling
 
-    original = sampling.warp
-    sampling.warp = _onnx_ops.projective_warp
-    try:
-        yield
-    finally:
-        sampling.warp = original
+    return sampling.warp_implementation(_onnx_ops.projective_warp)
 
 
 def _dynamic_pixel_matrices(delta, size):

@@ -20,7 +20,7 @@ pytest.importorskip("tf2onnx")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from keras_congeal import export  # noqa: E402
+from keras_congeal import _onnx_ops, export  # noqa: E402
 from keras_congeal.models import Congealer  # noqa: E402
 from keras_congeal.ops import geometry, sampling  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
@@ -212,13 +212,12 @@ def test_projective_warp_matches_the_keras_sampler(transform):
     assert np.abs(actual - expected).max() <= 1e-5
 
 
-def test_warp_patch_is_restored():
-    original = sampling.warp
+def test_warp_swap_is_restored():
     with pytest.raises(RuntimeError):
         with export._gridsample_warps():
-            assert sampling.warp is not original
+            assert sampling.current_warp() is _onnx_ops.projective_warp
             raise RuntimeError
-    assert sampling.warp is original
+    assert sampling.current_warp() is sampling.warp
 
 
 def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
@@ -265,10 +264,6 @@ def test_triton_config_dims():
 def saved_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "congealer.keras"
     congealer("mnist", "affine", MNIST).save(path)
-    try:
-        keras.saving.load_model(path, compile=False)
-    except Exception as error:  # a bug outside the exporter: report it, don't hide it
-        pytest.xfail(f"the Congealer's .keras round trip is broken: {error}")
     return path
 
 

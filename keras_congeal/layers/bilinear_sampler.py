@@ -65,7 +65,7 @@ class BilinearSampler(keras.layers.Layer):
             )
         params = keras.ops.cast(params, images.dtype)
         matrices = self.pixel_matrices(params, images.shape)
-        return sampling.warp(images, matrices, self._sizes(images.shape)[1])
+        return sampling.current_warp()(images, matrices, self._sizes(images.shape)[1])
 
     def compute_output_shape(self, input_shape):
         images_shape = input_shape[0]

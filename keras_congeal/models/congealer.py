@@ -66,6 +66,7 @@ class Congealer(keras.Model):
         objective="D+C",
         lam=1.0,
         ink_weight=1.0,
+        distortion_blur=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +92,7 @@ class Congealer(keras.Model):
         self.objective = objective
         self.lam = float(lam)
         self.ink_weight = float(ink_weight)
+        self.distortion_blur = float(distortion_blur)
         self.image_shape = tuple(int(v) for v in reference.shape)
         self.transform = aligner.transform
         if self.autoencoder is not None:
@@ -134,9 +136,13 @@ class Congealer(keras.Model):
 
     def build(self, input_shape):
         self._check_images_shape(input_shape)
-        self.aligner.build(input_shape)
-        self.sampler.build((input_shape, (None, geometry.num_params(self.transform))))
-        if self.autoencoder is not None:
+        # Loading a `.keras` file builds the sub-layers from their own configs
+        # first; building them twice would add their weights twice.
+        if not self.aligner.built:
+            self.aligner.build(input_shape)
+        if not self.sampler.built:
+            self.sampler.build((input_shape, (None, geometry.num_params(self.transform))))
+        if self.autoencoder is not None and not self.autoencoder.built:
             self.autoencoder.build(input_shape)
         self.built = True
 
@@ -154,8 +160,10 @@ class Congealer(keras.Model):
         self._check_images_shape(images.shape)
         params = self.aligner(images)
         aligned = self.sampler([images, params])
-        reference = ops.cast(self.reference, aligned.dtype)
-        distortion = ops.mean(ops.abs(aligned - reference[None]), axis=(1, 2, 3))
+        reference = ops.cast(self.reference, aligned.dtype)[None]
+        distortion = ops.mean(
+            ops.abs(self._blur(aligned) - self._blur(reference)), axis=(1, 2, 3)
+        )
         ink_log_ratio = ops.log(
             (ops.sum(aligned, axis=(1, 2, 3)) + _EPS) / (ops.sum(images, axis=(1, 2, 3)) + _EPS)
         )
@@ -175,6 +183,19 @@ class Congealer(keras.Model):
             "complexity": complexity,
             "ink_log_ratio": ink_log_ratio,
         }
+
+    def _blur(self, images):
+        if not self.distortion_blur:
+            return images
+        sigma = self.distortion_blur
+        radius = max(1, int(np.ceil(2.5 * sigma)))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps = (taps / taps.sum()).astype("float32")
+        channels = images.shape[-1]
+        kernel_x = np.tile(taps[None, :, None, None], (1, 1, channels, 1))
+        kernel_y = np.tile(taps[:, None, None, None], (1, 1, channels, 1))
+        images = ops.depthwise_conv(images, ops.cast(kernel_x, images.dtype), padding="same")
+        return ops.depthwise_conv(images, ops.cast(kernel_y, images.dtype), padding="same")
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.distortion_tracker.update_state(y_pred["distortion"])
@@ -245,6 +266,7 @@ class Congealer(keras.Model):
             "objective": self.objective,
             "lam": self.lam,
             "ink_weight": self.ink_weight,
+            "distortion_blur": self.distortion_blur,
         }
         return {**super().get_config(), **config}
 

@@ -141,7 +141,7 @@ def compose_params(first, second, transform):
 
 
 def _normalizer(size):
-    """Diagonal and offset of the pixel -> normalised map for size (H, W)."""
+    """Scales `(2 / (W - 1), 2 / (H - 1))` of the pixel -> normalised map."""
     height, width = size
     if height < 2 or width < 2:
         raise ValueError(
@@ -181,7 +181,7 @@ def delta_to_pixel_matrix(delta, src_size, dst_size):
          [0.0, 0.0, 1.0]],
         dtype,
     )
-    return scale + ops.einsum("ij,bjk,kl->bil", n_src_inv, delta, n_dst)
+    return scale + ops.matmul(ops.matmul(n_src_inv, delta), n_dst)
 
 
 def pixel_to_normalized_matrix(matrix, src_size, dst_size):
@@ -197,7 +197,7 @@ def pixel_to_normalized_matrix(matrix, src_size, dst_size):
          [0.0, 0.0, 1.0]],
         dtype,
     )
-    return ops.einsum("ij,bjk,kl->bil", n_src, matrix, n_dst_inv)
+    return ops.matmul(ops.matmul(n_src, matrix), n_dst_inv)
 
 
 def invert_matrix(matrix):

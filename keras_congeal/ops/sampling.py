@@ -14,11 +14,35 @@ equals ONNX/PyTorch `GridSample(mode="bilinear", padding_mode="zeros",
 align_corners=True)`.
 """
 
+import contextlib
+import contextvars
+
 from keras import ops
 
 from keras_congeal.ops import geometry
 
-__all__ = ["bilinear_sample", "warp"]
+__all__ = ["bilinear_sample", "warp", "warp_implementation", "current_warp"]
+
+_WARP = contextvars.ContextVar("keras_congeal_warp", default=None)
+
+
+@contextlib.contextmanager
+def warp_implementation(fn):
+    """Within the block, layers warp with `fn` (same signature as `warp`).
+
+    The ONNX exporter uses it to swap in a warp that converts to a single
+    `GridSample` op; the default, gather-based `warp` is restored on exit.
+    """
+    token = _WARP.set(fn)
+    try:
+        yield
+    finally:
+        _WARP.reset(token)
+
+
+def current_warp():
+    """The warp function layers should call: `warp` unless swapped."""
+    return _WARP.get() or warp
 
 
 def bilinear_sample(images, x, y):
