@@ -1,0 +1,177 @@
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from skimage.transform import ProjectiveTransform
+from skimage.transform import warp as skimage_warp
+
+from keras_congeal.layers import DeSTNet, PenalisedAutoencoder
+from keras_congeal.metrics import apsnr, content_scale
+from keras_congeal.models import Congealer
+from tests.conftest import REPO
+
+
+def blobs(n=64, size=16, max_shift=2.5, seed=0):
+    """A Gaussian blob shifted by known random translations."""
+    rng = np.random.default_rng(seed)
+    shifts = rng.uniform(-max_shift, max_shift, size=(n, 2))
+    y, x = np.mgrid[0:size, 0:size].astype("float64")
+    c = (size - 1) / 2
+    images = np.exp(-(((x[None] - c - shifts[:, 0, None, None]) ** 2)
+                      + ((y[None] - c - shifts[:, 1, None, None]) ** 2)) / (2 * 2.0**2))
+    return images[..., None].astype("float32"), shifts
+
+
+def small_congealer(reference, transform="translation", objective="D+C", **kwargs):
+    aligner = DeSTNet(transform=transform, num_stages=2, localisation=[[3, 8, 1], [1, 8, 1]],
+                      fusion_units=16, name="aligner")
+    autoencoder = PenalisedAutoencoder(code_size=4, encoder_convs=[[3, 8], [3, 8]],
+                                       dense_units=[32], bottleneck_channels=2)
+    return Congealer(aligner, autoencoder, reference, objective=objective, **kwargs)
+
+
+def test_losses_at_the_identity_start():
+    images, _ = blobs(8)
+    reference = images[0]
+    model = small_congealer(reference, ink_weight=0.5, lam=2.0)
+    out = model(images)
+    # The regressors start at zero: the first warp is the identity.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out["aligned"]), images)
+    assert len(model.losses) == 3  # D, ink, C
+    distortion = np.abs(images - reference).mean()
+    np.testing.assert_allclose(float(model.losses[0]), distortion, rtol=1e-5)
+    np.testing.assert_allclose(float(model.losses[1]), 0.0, atol=1e-6)
+    complexity = keras.ops.convert_to_numpy(out["complexity"]).mean()
+    np.testing.assert_allclose(float(model.losses[2]), 2.0 * complexity, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective,ink,count", [("D", 1.0, 2), ("C", 1.0, 2), ("D+C", 0.0, 2)])
+def test_objectives_add_their_losses(objective, ink, count):
+    images, _ = blobs(4)
+    model = small_congealer(images[0], objective=objective, ink_weight=ink)
+    model(images)
+    assert len(model.losses) == count
+    assert (model.autoencoder is None) == (objective == "D")
+
+
+def test_fit_recovers_known_translations():
+    images, shifts = blobs(64, seed=1)
+    reference, _ = blobs(1, max_shift=0.0)
+    keras.utils.set_random_seed(0)
+    model = small_congealer(reference[0], objective="D", ink_weight=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(images, batch_size=16, epochs=25, verbose=0)
+    assert {"distortion", "ink", "loss"} <= set(history.history)
+    result = model.align(images)
+    # src_from_dst translation = the blob's shift (the aligned blob is centred).
+    recovered = result["transforms"][:, :2, 2]
+    assert np.abs(recovered - shifts).mean() < 0.5, np.abs(recovered - shifts).mean()
+    assert apsnr(result["aligned"], 1.0) > apsnr(images, 1.0) + 5
+
+
+def test_align_transforms_reproduce_aligned_images():
+    rng = np.random.default_rng(2)
+    images = rng.random((5, 16, 16, 1)).astype("float32")
+    model = small_congealer(images[0], transform="homography")
+    model(images)
+    for fusion in model.aligner.fusions:
+        kernel = fusion.regressor.kernel
+        kernel.assign(rng.normal(size=kernel.shape).astype("float32") * 0.02)
+    result = model.align(images, batch_size=2)
+    assert result["aligned"].shape == images.shape
+    assert result["transforms"].shape == (5, 3, 3) and result["transforms"].dtype == np.float64
+    assert not np.allclose(result["transforms"], np.eye(3))
+    x, y = np.meshgrid(np.arange(16.0), np.arange(16.0))
+    for i in range(5):
+        t = result["transforms"][i]
+        theirs = skimage_warp(images[i, ..., 0].astype("float64"), ProjectiveTransform(matrix=t),
+                              order=1, mode="constant", cval=0.0)
+        src = t @ np.stack([x.ravel(), y.ravel(), np.ones(x.size)])
+        sx, sy = (src[:2] / src[2]).reshape(2, 16, 16)
+        inside = (sx >= 0) & (sx <= 15) & (sy >= 0) & (sy <= 15)
+        np.testing.assert_allclose(result["aligned"][i, ..., 0][inside], theirs[inside], atol=1e-4)
+
+
+def test_pixel_transforms_at_another_resolution():
+    images = np.zeros((1, 16, 16, 1), "float32")
+    model = small_congealer(images[0], transform="affine")
+    params = np.array([[0.1, 0.0, 0.2, 0.0, -0.1, -0.3]], "float32")
+    small = model.pixel_transforms(params)[0]
+    large = model.pixel_transforms(params, (31, 31), (31, 31))[0]
+    scale = np.diag([2.0, 2.0, 1.0])  # (31 - 1) / (16 - 1)
+    np.testing.assert_allclose(large, scale @ small @ np.linalg.inv(scale), atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+    images, _ = blobs(4)
+    model = small_congealer(images[0])
+    with pytest.raises(ValueError, match=r"Expected images of shape \(batch, 16, 16, 1\)"):
+        model.align(np.zeros((2, 20, 20, 1), "float32"))
+    bad = images.copy()
+    bad[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.align(bad)
+    with pytest.raises(ValueError, match="empty"):
+        model.align(np.zeros((0, 16, 16, 1), "float32"))
+    with pytest.raises(ValueError, match="Unknown objective"):
+        small_congealer(images[0], objective="C+D")
+    with pytest.raises(ValueError, match="needs an `autoencoder`"):
+        Congealer(DeSTNet(), None, images[0], objective="D+C")
+    with pytest.raises(ValueError, match="`reference`"):
+        small_congealer(np.zeros((2, 16, 16, 1)))
+
+
+def test_save_load_round_trip(tmp_path):
+    images, _ = blobs(6)
+    model = small_congealer(images[3], transform="similarity", distortion_blur=1.0)
+    model(images)
+    for w in model.aligner.trainable_weights:
+        w.assign(np.random.default_rng(3).normal(size=w.shape).astype("float32") * 0.02)
+    path = tmp_path / "congealer.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.aligner.get_config() == model.aligner.get_config()
+    assert loaded.autoencoder.get_config() == model.autoencoder.get_config()
+    assert (loaded.objective, loaded.distortion_blur) == ("D+C", 1.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.reference), images[3])
+    np.testing.assert_allclose(loaded.align(images)["aligned"], model.align(images)["aligned"],
+                               atol=1e-6)
+
+
+_CROSS_BACKEND = """
+import sys, numpy as np, keras
+from keras_congeal.models import Congealer
+rng = np.random.default_rng(0)
+images = rng.random((4, 16, 16, 1)).astype("float32")
+if sys.argv[1] == "save":
+    from tests.models.test_congealer import small_congealer
+    model = small_congealer(images[0], transform="affine")
+    model(images)
+    for w in model.aligner.trainable_weights:
+        w.assign(rng.normal(size=w.shape).astype("float32") * 0.02)
+    model.save(sys.argv[2])
+else:
+    model = keras.saving.load_model(sys.argv[2])
+np.save(sys.argv[3], model.align(images)["aligned"])
+"""
+
+
+@pytest.mark.slow
+def test_model_trained_on_jax_reloads_on_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("tensorflow")
+    path = tmp_path / "m.keras"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for backend, mode, out in [("jax", "save", "a.npy"), ("tensorflow", "load", "b.npy")]:
+        subprocess.run([sys.executable, "-c", _CROSS_BACKEND, mode, str(path), str(tmp_path / out)],
+                       env={**env, "KERAS_BACKEND": backend}, check=True, cwd=REPO)
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), atol=1e-5)
+
+
+def test_content_scale_of_known_transforms():
+    # src_from_dst scaling by 2 shrinks the content by 2.
+    t = np.array([np.diag([2.0, 2.0, 1.0]), np.eye(3)])
+    np.testing.assert_allclose(content_scale(t, (28, 28)), [0.5, 1.0])
