@@ -7,6 +7,7 @@ the paper's MNIST protocols; it is written as JSON beside the outputs.
 one on an image set (in memory or on disk) and returns it.
 """
 
+import contextlib
 import dataclasses
 import json
 
@@ -94,9 +95,18 @@ class CongealSettings:
         return dataclasses.replace(self, **changes)
 
 
-def build_congealer(settings, reference):
-    """A compiled `Congealer` for `settings`, aligning to `reference` (H, W, C)."""
-    reference = np.asarray(reference, "float32")
+def build_congealer(settings, reference, strategy=None):
+    """A compiled `Congealer` for `settings`, aligning to `reference` (H, W, C).
+
+    With a `tf.distribute` `strategy` (e.g. `MirroredStrategy` over the GPUs),
+    the model and its optimizer are created in its scope, and XLA compilation
+    is left off (XLA under `MirroredStrategy` fails on CPU devices).
+    """
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return _build(settings, np.asarray(reference, "float32"), strategy)
+
+
+def _build(settings, reference, strategy):
     preset = settings.preset or preset_for_size(*reference.shape[:2])
     model = Congealer.from_preset(
         preset,
@@ -111,12 +121,15 @@ def build_congealer(settings, reference):
         ink_weight=settings.ink_weight,
         distortion_blur=settings.distortion_blur,
     )
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        jit_compile=False if strategy is not None else "auto",
+    )
     return model
 
 
 def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose="auto",
-                  model=None, initial_epoch=0):
+                  model=None, initial_epoch=0, strategy=None):
     """Trains a `Congealer` on `images` with no labels.
 
     Args:
@@ -129,6 +142,10 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         verbose: passed to `fit`.
         model: an existing `Congealer` to continue training, or `None`.
         initial_epoch: int. Epoch to resume from.
+        strategy: a `tf.distribute.Strategy` (TensorFlow backend), e.g.
+            `tf.distribute.MirroredStrategy()` to train on all local GPUs;
+            `settings.batch_size` is then the global batch, split across
+            replicas. Every loss is a per-image mean, so it reduces exactly.
 
     Returns:
         `(model, history)`: the trained `Congealer` and the `History`.
@@ -142,7 +159,7 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         reference_images = images if images.ndim == 4 else _LazyChannel(images)
         reference, _ = choose_reference(reference_images, settings.reference,
                                         data_range=data_range, seed=settings.seed)
-        model = build_congealer(settings, reference)
+        model = build_congealer(settings, reference, strategy=strategy)
     callbacks = list(callbacks)
     if monitor_size:
         rng = np.random.default_rng(settings.seed)
