@@ -1,0 +1,179 @@
+"""Training throughput (images/s) of the Congealer on the current Keras backend.
+
+Synthetic images of the preset's size (uniform noise in [0, 1]: the cost of a
+step does not depend on the pixel values), the package's model
+(`training.build_congealer` with `CongealSettings()` defaults except
+`--objective`), per batch size, two training loops:
+
+* `on-batch`: `model.train_on_batch(x)` on one batch already converted to a
+  backend tensor (`keras.ops.convert_to_tensor`; on a GPU it stays on the
+  device). Each step is the backend's compiled train step (jit on JAX,
+  `tf.function` on TensorFlow) plus Keras' per-call overhead, and returns the
+  losses to the host, which waits for the step to finish: the timing is
+  honest about the device, and includes one small device-to-host copy and the
+  Python dispatch per step. The same batch is reused (no input pipeline).
+* `fit`: `model.fit(x_numpy, batch_size=B, epochs=1)` on `--steps` distinct
+  batches held in host memory: includes Keras' data adapter and the
+  host-to-device copy of every batch (what `fit_congealer` pays for data in
+  memory, without its lazy uint8 reading).
+
+Warm-up steps (tracing, compilation, first allocation) are excluded: `--warmup`
+steps run first, for each batch size and loop. Reported: seconds per step and
+images per second, with the backend, its devices and the versions.
+
+Usage:
+
+    python -m benchmarks.bench_training --preset mnist --batch-sizes 64 256 1024 \\
+        --steps 20 --output benchmarks/results/bench_training_cpu.json
+    KERAS_BACKEND=jax python -m benchmarks.bench_training --objective D --steps 200
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+SCHEMA = "keras_congeal.bench_training/1"
+SIZES = {"mnist": (28, 28, 1), "lfw": (64, 64, 3)}
+LOOPS = ("on-batch", "fit")
+
+
+def bench_on_batch(model, batch, steps, warmup):
+    from keras import ops
+
+    x = ops.convert_to_tensor(batch)
+    for _ in range(warmup):
+        model.train_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs = model.train_on_batch(x, return_dict=True)
+    seconds = time.perf_counter() - start
+    return seconds, {k: float(v) for k, v in logs.items()}
+
+
+def bench_fit(model, images, batch_size, steps, warmup):
+    model.fit(images[: warmup * batch_size], batch_size=batch_size, epochs=1, shuffle=False,
+              verbose=0)
+    data = images[: steps * batch_size]
+    start = time.perf_counter()
+    history = model.fit(data, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    return seconds, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def run(args, log=print):
+    import keras
+
+    from keras_congeal.training import CongealSettings, build_congealer
+
+    shape = (args.image_size, args.image_size, SIZES[args.preset][2]) if args.image_size \
+        else SIZES[args.preset]
+    settings = CongealSettings(preset=args.preset, objective=args.objective)
+    if args.transform:
+        settings = settings.replace(transform=args.transform)
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    reference = rng.random(shape, dtype=np.float32)
+    results = []
+    for batch_size in args.batch_sizes:
+        count = max(args.steps, args.warmup) * batch_size
+        images = rng.random((count, *shape), dtype=np.float32)
+        for loop in args.loops:
+            model = build_congealer(settings, reference)
+            entry = {"batch_size": batch_size, "loop": loop, "steps": args.steps,
+                     "warmup_steps": args.warmup, "image_shape": list(shape)}
+            try:
+                if loop == "on-batch":
+                    seconds, logs = bench_on_batch(model, images[:batch_size], args.steps,
+                                                   args.warmup)
+                else:
+                    seconds, logs = bench_fit(model, images, batch_size, args.steps,
+                                              args.warmup)
+            except Exception as error:  # e.g. out of device memory at a large batch
+                entry.update(status=f"failed: {type(error).__name__}: {str(error)[:300]}")
+                log(f"batch {batch_size:5d} {loop:8s} {entry['status']}")
+                results.append(entry)
+                continue
+            finally:
+                del model
+                keras.backend.clear_session()
+            entry.update(
+                status="ok", seconds=seconds, seconds_per_step=seconds / args.steps,
+                images_per_second=args.steps * batch_size / seconds,
+                final_logs=logs,
+            )
+            results.append(entry)
+            log(f"batch {batch_size:5d} {loop:8s} {entry['images_per_second']:10.1f} img/s "
+                f"({1000 * entry['seconds_per_step']:.1f} ms/step)")
+    return settings, shape, results
+
+
+def table(results):
+    rows = [[r["batch_size"], r["loop"],
+             common.fmt(r.get("images_per_second"), 1) if r["status"] == "ok" else r["status"],
+             common.fmt(1000 * r["seconds_per_step"], 1) if r["status"] == "ok" else "-"]
+            for r in results]
+    return common.markdown_table(["batch", "loop", "images/s", "ms/step"], rows)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_training", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage:", 1)[1],
+    )
+    parser.add_argument("--preset", choices=sorted(SIZES), default="mnist")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square image size (default: 28 mnist, 64 lfw)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--objective", choices=("D+C", "D", "C"), default="D+C")
+    parser.add_argument("--transform", default=None,
+                        help="transform family (default: CongealSettings')")
+    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=list(LOOPS))
+    parser.add_argument("--output", default=None, help="JSON file to write")
+    parser.add_argument("--backend-note", default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.steps < 1 or args.warmup < 1:
+        parser.error("--batch-sizes, --steps and --warmup must be >= 1")
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    record = common.run_record(argv if argv is not None else sys.argv[1:],
+                               note=args.backend_note)
+    log(f"backend {record['keras']['backend']} on {record['keras']['devices']}")
+    settings, shape, results = run(args, log)
+    data = {
+        "schema": SCHEMA, "run": record, "settings": settings.to_dict(),
+        "image_shape": list(shape),
+        "measured": {
+            "on-batch": "train_on_batch on one batch already converted to a backend tensor; "
+                        "includes Keras' per-call overhead and the losses' device-to-host copy",
+            "fit": "model.fit on a host numpy array of `steps` batches; includes the data "
+                   "adapter and host-to-device copies",
+            "excluded": "warm-up steps (tracing/compilation)",
+        },
+        "results": results,
+    }
+    text = table(results)
+    print(f"backend {record['keras']['backend']}, devices {record['keras']['devices']}, "
+          f"objective {args.objective}, image {shape}\n\n{text}")
+    data["table"] = text
+    if args.output:
+        common.write_json_atomic(args.output, data)
+        log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""Helpers shared by the benchmark scripts: run records (machine, versions,
+command), atomic and incremental JSON results, markdown tables, the
+perturbed-MNIST cells of the paper's protocols and the alignment measures of
+one method's output.
+
+Nothing here imports Keras at import time: the baselines' worker processes
+(`benchmarks.scalability`) must run without a Keras backend.
+"""
+
+import datetime
+import importlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "RESULTS_DIR",
+    "PACKAGES",
+    "run_record",
+    "package_versions",
+    "machine_info",
+    "write_json_atomic",
+    "read_json",
+    "ResultStore",
+    "markdown_table",
+    "fmt",
+    "resolve_mnist",
+    "alignment_measures",
+    "rss_bytes",
+    "current_rss_bytes",
+    "peak_rss_from_proc",
+    "keras_backend_info",
+    "write_npz_atomic",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+# Distribution names whose versions every result file records.
+PACKAGES = (
+    "numpy", "scipy", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch",
+    "onnx", "onnxruntime", "onnxruntime-gpu", "tf2onnx", "scikit-image", "rasl",
+    "threadpoolctl", "matplotlib",
+)
+
+
+# === Run records ===
+
+
+def package_versions(names=PACKAGES):
+    """Installed versions of `names` (distributions), `None` when absent."""
+    from importlib import metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        versions["keras_congeal"] = importlib.import_module("keras_congeal").__version__
+    except ImportError:
+        versions["keras_congeal"] = None
+    return versions
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+            timeout=10, check=False,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_info():
+    """CPU count, platform, CPU model, memory and load of this machine."""
+    info = {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        info["load_average_at_start"] = None
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_bytes"] = pages * page_size
+    except (ValueError, OSError):
+        info["memory_bytes"] = None
+    return info
+
+
+def keras_backend_info():
+    """Keras backend and its devices (imports Keras)."""
+    import keras
+
+    backend = keras.backend.backend()
+    devices = []
+    try:
+        if backend == "jax":
+            import jax
+
+            devices = [f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices()]
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            devices = [d.name for d in tf.config.list_logical_devices()]
+        elif backend == "torch":
+            import torch
+
+            devices = ["cpu"] + [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
+    except Exception as error:  # device listing is informative only
+        devices = [f"unknown ({error})"]
+    return {"backend": backend, "devices": devices, "floatx": keras.backend.floatx()}
+
+
+def run_record(argv=None, with_keras=True, note=None):
+    """Everything that identifies a run: command, machine, versions, time."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "?"
+    record = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *argv]),
+        "argv": list(argv),
+        "entry": module,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "environment": {
+            key: os.environ.get(key)
+            for key in ("KERAS_BACKEND", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                        "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "TF_ENABLE_ONEDNN_OPTS")
+        },
+    }
+    if with_keras:
+        record["keras"] = keras_backend_info()
+    if note:
+        record["note"] = note
+    return record
+
+
+# === Files ===
+
+
+def _jsonable(value):
+    """NumPy scalars/arrays and non-finite floats made JSON-safe (NaN/inf -> str)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": strict JSON has no such numbers
+    return value
+
+
+def write_json_atomic(path, data):
+    """Writes `data` as JSON to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(_jsonable(data), f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_npz_atomic(path, arrays):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(handle)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ResultStore:
+    """A results JSON written after every finished entry, resumable.
+
+    The file holds `{"schema": ..., "config": ..., "runs": [...],
+    "results": {key: entry}}`. With `resume=True` an existing file with the
+    same `config` is continued: `done(key)` tells which entries to skip; a
+    different config raises `ValueError` (start a new file instead).
+    Without `resume`, an existing file is replaced.
+
+    Args:
+        path: the JSON file.
+        schema: str, the name and version of the file's layout.
+        config: dict, the settings that must match to resume.
+        run: dict, this invocation's `run_record`.
+        resume: bool.
+    """
+
+    def __init__(self, path, schema, config, run, resume=False):
+        self.path = Path(path)
+        self.data = {"schema": schema, "config": _jsonable(config), "runs": [], "results": {}}
+        if resume and self.path.exists():
+            old = read_json(self.path)
+            if old.get("schema") != schema or old.get("config") != self.data["config"]:
+                raise ValueError(
+                    f"cannot resume {self.path}: it was written with schema "
+                    f"{old.get('schema')!r} and config {old.get('config')!r}, this run has "
+                    f"{schema!r} and {self.data['config']!r}; use another --output-dir or "
+                    f"drop --resume"
+                )
+            self.data = old
+        self.data["runs"].append(_jsonable(run))
+        self.save()
+
+    def done(self, key):
+        return key in self.data["results"]
+
+    def get(self, key):
+        return self.data["results"].get(key)
+
+    def put(self, key, entry):
+        self.data["results"][key] = _jsonable(entry)
+        self.save()
+
+    def set(self, name, value):
+        self.data[name] = _jsonable(value)
+        self.save()
+
+    def save(self):
+        write_json_atomic(self.path, self.data)
+
+    @property
+    def results(self):
+        return self.data["results"]
+
+
+# === Tables ===
+
+
+def fmt(value, digits=2):
+    """A number for a table: `-` for None, strings as they are."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(headers, rows):
+    """A GitHub markdown table (list of str rows) from headers and cell rows."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# === Data and measures ===
+
+
+def resolve_mnist(path=None):
+    """`mnist.npz`: `path`, else `$KERAS_CONGEAL_DATA`, else the shared data folder."""
+    from keras_congeal.data.mnist import resolve_mnist_path
+
+    if path is None and not os.environ.get("KERAS_CONGEAL_DATA"):
+        for candidate in (REPO.parent / "shared" / "data", REPO / ".devdata"):
+            if (candidate / "mnist.npz").is_file():
+                return str(candidate / "mnist.npz")
+    return resolve_mnist_path(path)
+
+
+def alignment_measures(inputs, aligned, transforms, mask=None):
+    """Measures of one method's output on images in [0, 1].
+
+    Args:
+        inputs, aligned: arrays (N, H, W[, 1]), white = 1.
+        transforms: (N, 3, 3) pixel `src_from_dst` matrices, or None.
+        mask: (N,) bool of the images the method aligned (RASL's kept
+            images) or None for all. APSNR, ink and scale are over the
+            masked images; `apsnr_all` over all N.
+
+    Returns:
+        dict: `apsnr`, `apsnr_all`, `ink_kept`, `content_scale_median`
+        (and 5th/95th percentiles), `images`, `images_kept`, plus the
+        mean and variance images (float32 (H, W)) under `_mean`/`_var`.
+    """
+    from keras_congeal.metrics import ImageStats, content_scale, ink_kept
+
+    inputs = np.asarray(inputs, "float64").reshape(len(inputs), *np.shape(inputs)[1:3])
+    aligned = np.asarray(aligned, "float64").reshape(inputs.shape)
+    mask = np.ones(len(inputs), bool) if mask is None else np.asarray(mask, bool)
+    stats = ImageStats(1.0).update(aligned[mask]) if mask.any() else None
+    out = {
+        "images": int(len(inputs)),
+        "images_kept": int(mask.sum()),
+        "apsnr": stats.apsnr() if stats else float("nan"),
+        "apsnr_all": ImageStats(1.0).update(aligned).apsnr(),
+        "ink_kept": ink_kept(inputs[mask], aligned[mask]) if mask.any() else float("nan"),
+        "content_scale_median": None,
+        "content_scale_p05": None,
+        "content_scale_p95": None,
+    }
+    if transforms is not None and mask.any():
+        scales = content_scale(np.asarray(transforms)[mask], inputs.shape[1:3])
+        out["content_scale_median"] = float(np.median(scales))
+        out["content_scale_p05"] = float(np.percentile(scales, 5))
+        out["content_scale_p95"] = float(np.percentile(scales, 95))
+    out["_mean"] = (stats.mean if stats else np.zeros(inputs.shape[1:])).astype("float32")
+    out["_var"] = (stats.variance if stats else np.zeros(inputs.shape[1:])).astype("float32")
+    return out
+
+
+def rss_bytes():
+    """This process's resident-memory high-water mark (`ru_maxrss`), bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_rss_from_proc():
+    """This process's `VmHWM` (peak resident memory since its exec), bytes or None.
+
+    Unlike `ru_maxrss`, which Linux carries over from the parent's size at
+    fork across `execve`, `VmHWM` belongs to the process image alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_bytes():
+    """This process's current resident memory (Linux `/proc`), bytes or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,486 @@
+"""The paper's MNIST protocols (Figs. 4-6): every method on the same perturbed digits.
+
+For each digit and perspective-perturbation sigma (the IC-STN protocol of
+`keras_congeal.data.perspective_perturbation`), the same N images are aligned
+by every method, and each result reports APSNR (Eq. 9) beside the two
+degenerate-solution measures (ink kept, median content scale), the seconds
+taken and, for RASL, how many images it kept:
+
+* `input`: no alignment (the perturbed set);
+* `oracle`: the perturbation undone with its true inverse (what perfect
+  alignment to the unperturbed digits scores; ink pushed out of the frame by
+  the perturbation is lost);
+* `rasl-euclidean`, `rasl-affine`: RASL (`benchmarks.baselines.run_rasl`;
+  Euclidean is its README's advice for digits);
+* `lsc-affine`: least-squares congealing (`benchmarks.baselines.run_lsc`);
+* `kc-D+C`, `kc-D`, `kc-C`: keras_congeal with `CongealSettings()` defaults,
+  changing only `objective` (the ablation of the paper's Sec. 3.2).
+
+Results go to `<output-dir>/mnist_protocols_<mode>.json` after every finished
+(digit, sigma, method) entry, written atomically; `--resume` skips entries
+already there. Mean and variance images go to `..._images.npz`, the panels
+(like the paper's Figs. 4-6) to `..._sigma<s>.png`, and the tables to
+`..._tables.md`.
+
+Usage:
+
+    # The quick protocol on a CPU budget: two digits, N = 1000.
+    python -m benchmarks.mnist_protocols --quick --digits 3 8 --sigmas 0.1 0.2 0.3
+
+    # The paper's full protocol (GPU for keras_congeal; RASL takes hours):
+    python -m benchmarks.mnist_protocols --full --resume
+
+    # Only some methods, then rebuild the figures and tables from the JSON:
+    python -m benchmarks.mnist_protocols --quick --methods input oracle kc-D+C --resume
+    python -m benchmarks.mnist_protocols --quick --report-only
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+
+SCHEMA = "keras_congeal.mnist_protocols/1"
+METHODS = (
+    "input", "oracle", "rasl-euclidean", "rasl-affine", "lsc-affine", "kc-D+C", "kc-D", "kc-C",
+)
+MODES = {
+    "quick": {"n": 1000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
+    "full": {"n": 6000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
+}
+# Which entry keys the figures show, in order.
+LABELS = {
+    "input": "input", "oracle": "oracle", "rasl-euclidean": "RASL eucl.",
+    "rasl-affine": "RASL affine", "lsc-affine": "LSC affine", "kc-D+C": "KC D+C",
+    "kc-D": "KC D", "kc-C": "KC C",
+}
+
+
+def entry_key(digit, sigma, method):
+    return f"digit{digit}/sigma{sigma:g}/{method}"
+
+
+def cell_seed(seed, digit, sigma):
+    """Seed of one cell's perturbation: independent draws per digit and sigma."""
+    return int(seed) * 100_000 + 1000 * int(digit) + int(round(100 * sigma))
+
+
+# === Methods ===
+
+
+def _run_input(x, matrices, args):
+    return {"aligned": x, "transforms": np.tile(np.eye(3), (len(x), 1, 1)), "mask": None,
+            "extra": {}}
+
+
+def _run_oracle(x, matrices, args):
+    from keras_congeal.data import oracle_align
+
+    return {"aligned": oracle_align(x, matrices), "transforms": np.linalg.inv(matrices),
+            "mask": None, "extra": {}}
+
+
+def _run_rasl(transform):
+    def run(x, matrices, args):
+        from benchmarks.baselines import run_rasl
+
+        result = run_rasl(x, transform=transform, max_iter=args.rasl_max_iter,
+                          stop_delta=args.rasl_stop_delta, data_range=1.0,
+                          resample="bilinear")
+        info = result["info"]
+        return {
+            "aligned": result["aligned"], "transforms": result["transforms"],
+            "mask": result["kept_mask"],
+            "extra": {
+                "iterations": result["iterations"],
+                "capped": result["iterations"] >= args.rasl_max_iter,
+                "guards": info["guards"], "num_kept": info["num_kept"],
+                "settings": {k: info[k] for k in ("transform", "stop_delta", "max_iter",
+                                                  "min_ink", "resample")},
+                "note": "APSNR, ink and scale over the kept images only (RASL drops images "
+                        "whose ink sum < 1, i.e. perturbed out of the frame); apsnr_all "
+                        "counts the dropped images unaligned.",
+            },
+        }
+
+    return run
+
+
+def _run_lsc(x, matrices, args):
+    from benchmarks.baselines import run_lsc
+
+    result = run_lsc(x, transform="affine")
+    return {
+        "aligned": result["aligned"], "transforms": result["transforms"], "mask": None,
+        "extra": {"iterations": result["iterations"],
+                  "reference_index": result["info"].get("reference_index")},
+    }
+
+
+def _run_congealer(objective):
+    def run(x, matrices, args):
+        import keras
+
+        from keras_congeal.training import fit_congealer
+
+        settings = _settings(args).replace(objective=objective)
+        start = time.perf_counter()
+        model, history = fit_congealer(x, settings, verbose=0)
+        fit_seconds = time.perf_counter() - start
+        result = model.align(x[..., None], batch_size=256)
+        history = {k: [float(v) for v in values] for k, values in history.history.items()}
+        keras.backend.clear_session()
+        return {
+            "aligned": result["aligned"][..., 0], "transforms": result["transforms"],
+            "mask": None,
+            "extra": {
+                "settings": settings.to_dict(),
+                "fit_seconds": fit_seconds,
+                "train_images_per_second": settings.epochs * len(x) / fit_seconds,
+                "history": history,
+                "note": "history: per epoch losses, and APSNR/ink/scale of a fixed "
+                        "512-image sample (fit_congealer's AlignmentMonitor)",
+            },
+        }
+
+    return run
+
+
+RUNNERS = {
+    "input": _run_input,
+    "oracle": _run_oracle,
+    "rasl-euclidean": _run_rasl("euclidean"),
+    "rasl-affine": _run_rasl("affine"),
+    "lsc-affine": _run_lsc,
+    "kc-D+C": _run_congealer("D+C"),
+    "kc-D": _run_congealer("D"),
+    "kc-C": _run_congealer("C"),
+}
+
+
+def _settings(args):
+    from keras_congeal.training import CongealSettings
+
+    settings = CongealSettings()
+    if args.epochs is not None:
+        settings = settings.replace(epochs=args.epochs)
+    return settings
+
+
+# === Protocol ===
+
+
+def run_cell(store, images, digit, sigma, args, log):
+    """Runs the missing methods of one (digit, sigma) cell; returns their keys."""
+    from keras_congeal.data import perspective_perturbation
+
+    todo = [m for m in args.methods if not store.done(entry_key(digit, sigma, m))]
+    if not todo:
+        log(f"digit {digit} sigma {sigma:g}: done, skipped")
+        return []
+    seed = cell_seed(args.seed, digit, sigma)
+    originals = images[digit]
+    perturbed, matrices = perspective_perturbation(originals, sigma, seed=seed)
+    x = perturbed.astype("float32") / 255.0
+    data = {
+        "digit": digit, "sigma": sigma, "n": len(x), "perturbation_seed": seed,
+        "images_sha1": hashlib.sha1(perturbed.tobytes()).hexdigest(),
+        "apsnr_unperturbed": common.alignment_measures(
+            originals / 255.0, originals / 255.0, None)["apsnr"],
+    }
+    done = []
+    for method in todo:
+        key = entry_key(digit, sigma, method)
+        start = time.perf_counter()
+        output = RUNNERS[method](x, matrices, args)
+        seconds = time.perf_counter() - start
+        measures = common.alignment_measures(x, output["aligned"], output["transforms"],
+                                             output["mask"])
+        mean, var = measures.pop("_mean"), measures.pop("_var")
+        entry = {**data, "method": method, **measures, "seconds": seconds,
+                 "max_rss_bytes": common.rss_bytes(), **output["extra"]}
+        store.put(key, entry)
+        store.images[f"{key}/mean"] = mean
+        store.images[f"{key}/var"] = var
+        common.write_npz_atomic(store.images_path, store.images)
+        done.append(key)
+        log(f"digit {digit} sigma {sigma:g} {method:15s} APSNR {entry['apsnr']:6.2f} dB  "
+            f"ink {entry['ink_kept']:.2f}  scale {common.fmt(entry['content_scale_median'])}  "
+            f"kept {entry['images_kept']}/{entry['images']}  {seconds:7.1f} s")
+    return done
+
+
+# === Report ===
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def summary_rows(results, sigmas, methods):
+    """Per (sigma, method): values averaged over the digits that have the entry."""
+    rows = []
+    for sigma in sigmas:
+        for method in methods:
+            entries = [e for e in results.values()
+                       if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9]
+            if not entries:
+                continue
+            rows.append({
+                "sigma": sigma, "method": method, "digits": sorted(e["digit"] for e in entries),
+                "apsnr": _mean([e["apsnr"] for e in entries]),
+                "ink_kept": _mean([e["ink_kept"] for e in entries]),
+                "content_scale_median": _mean([e["content_scale_median"] for e in entries]),
+                "seconds": _mean([e["seconds"] for e in entries]),
+                "images_kept": _mean([e["images_kept"] for e in entries]),
+                "images": _mean([e["images"] for e in entries]),
+                "capped": any(e.get("capped") for e in entries),
+            })
+    return rows
+
+
+def tables(results, methods):
+    """The markdown tables: averaged over digits, then digit by digit."""
+    sigmas = sorted({e["sigma"] for e in results.values()})
+    digits = sorted({e["digit"] for e in results.values()})
+    rows = []
+    for r in summary_rows(results, sigmas, methods):
+        mark = "*" if r["method"].startswith("rasl") else ""
+        mark += " (capped)" if r["capped"] else ""
+        rows.append([
+            f"{r['sigma']:g}", r["method"], " ".join(map(str, r["digits"])),
+            common.fmt(r["apsnr"]) + mark, common.fmt(r["ink_kept"]),
+            common.fmt(r["content_scale_median"]),
+            f"{common.fmt(r['images_kept'], 0)}/{common.fmt(r['images'], 0)}",
+            common.fmt(r["seconds"], 1),
+        ])
+    text = ["### Averaged over digits", "", common.markdown_table(
+        ["sigma", "method", "digits", "APSNR dB", "ink kept", "scale", "kept/N", "seconds"],
+        rows)]
+    for sigma in sigmas:
+        body = []
+        for method in methods:
+            cells = []
+            for digit in digits:
+                e = results.get(entry_key(digit, sigma, method))
+                cells.append("-" if e is None else
+                             f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
+                             f"{common.fmt(e['content_scale_median'])})")
+            if any(c != "-" for c in cells):
+                body.append([method, *cells])
+        text += ["", f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)", "",
+                 common.markdown_table(["method", *map(str, digits)], body)]
+    text += ["", "`*` RASL: over the images it kept (it drops images perturbed out of the "
+             "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
+             "stopping rule. scale: median content scale (1 = unchanged, < 1 = shrunk)."]
+    return "\n".join(text)
+
+
+def plot_panels(results, images, out_prefix, methods):
+    """One PNG per sigma like the paper's Figs. 4-5: rows = digits, and for
+    each method a mean and a variance column with its APSNR; plus an ablation
+    PNG of variances (input, D, C, D+C) like Fig. 6. Returns the paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install -r benchmarks/requirements.txt)",
+              file=sys.stderr)
+        return []
+    paths = []
+    sigmas = sorted({e["sigma"] for e in results.values()})
+    digits = sorted({e["digit"] for e in results.values()})
+    ablation = [m for m in ("input", "kc-D", "kc-C", "kc-D+C") if m in methods]
+    for sigma in sigmas:
+        panels = (("", methods, ("mean", "var")), ("_ablation", ablation, ("var",)))
+        for name, shown, kinds in panels:
+            shown = [m for m in shown
+                     if any(entry_key(d, sigma, m) in results for d in digits)]
+            if not shown or (name and len(shown) < 2):
+                continue
+            cols = len(shown) * len(kinds)
+            fig, axes = plt.subplots(len(digits), cols, squeeze=False,
+                                     figsize=(0.9 * cols + 0.4, 0.95 * len(digits) + 0.6))
+            for i, digit in enumerate(digits):
+                # One variance scale per row, so that the methods compare.
+                vmax = max((float(images[f"{entry_key(digit, sigma, m)}/var"].max())
+                            for m in shown if f"{entry_key(digit, sigma, m)}/var" in images),
+                           default=1.0) or 1.0
+                for j, method in enumerate(shown):
+                    key = entry_key(digit, sigma, method)
+                    for k, kind in enumerate(kinds):
+                        ax = axes[i, j * len(kinds) + k]
+                        ax.set_xticks([])
+                        ax.set_yticks([])
+                        if f"{key}/{kind}" not in images:
+                            ax.set_axis_off()
+                            continue
+                        ax.imshow(images[f"{key}/{kind}"], cmap="gray",
+                                  vmin=0, vmax=1 if kind == "mean" else vmax)
+                        if k == 0:
+                            e = results[key]
+                            ax.set_title(f"{common.fmt(e['apsnr'], 1)}", fontsize=6, pad=1)
+                        if i == 0 and k == 0:
+                            ax.text(0.5 * len(kinds), 1.35, LABELS.get(method, method),
+                                    transform=ax.transAxes, ha="center", fontsize=6)
+            what = "variance" if name else "mean | variance"
+            fig.suptitle(f"perspective sigma {sigma:g}: {what} per method "
+                         "(APSNR dB above)", fontsize=7)
+            fig.subplots_adjust(wspace=0.05, hspace=0.35, top=0.9)
+            path = f"{out_prefix}_sigma{sigma:g}{name}.png"
+            fig.savefig(path, dpi=130)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def report(store, methods, out_prefix, log):
+    text = tables(store.results, methods)
+    tmp = f"{out_prefix}_tables.md.tmp"
+    Path(tmp).write_text(text + "\n")
+    os.replace(tmp, f"{out_prefix}_tables.md")
+    print(text)
+    for path in plot_panels(store.results, store.images, out_prefix, methods):
+        log(f"wrote {path}")
+
+
+# === Command line ===
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mnist_protocols",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage:", 1)[1],
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                      help="N = 1000 per digit (CPU budget)")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode",
+                      help="N = 6000 per digit (the paper's)")
+    parser.add_argument("--digits", type=int, nargs="+", help="digits (default: 0-9)")
+    parser.add_argument("--sigmas", type=float, nargs="+",
+                        help="perturbation sigmas (default: 0 0.1 0.2 0.3)")
+    parser.add_argument("--n", type=int, help="images per digit (default: 1000 quick, 6000 full)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                        help=f"some of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="keras_congeal epochs (default: CongealSettings' own; a smaller "
+                             "value is recorded in the JSON's config)")
+    parser.add_argument("--rasl-max-iter", type=int, default=1000,
+                        help="RASL outer iterations at most (default 1000, rasl's own)")
+    parser.add_argument("--rasl-stop-delta", type=float, default=0.005,
+                        help="RASL stopping threshold (default 0.005, its digit example)")
+    parser.add_argument("--mnist", default=None,
+                        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, then "
+                             "../shared/data)")
+    parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the results file, skipping finished entries")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild the tables and figures from the results file")
+    parser.add_argument("--backend-note", default=None,
+                        help="free text stored with the run (e.g. 'shared 2-core CPU')")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    mode = MODES[args.mode]
+    args.digits = args.digits if args.digits is not None else mode["digits"]
+    args.sigmas = args.sigmas if args.sigmas is not None else mode["sigmas"]
+    args.n = args.n if args.n is not None else mode["n"]
+    if any(not 0 <= d <= 9 for d in args.digits):
+        parser.error(f"--digits must be in 0..9, received {args.digits}")
+    if any(not 0 <= s < 1 for s in args.sigmas):
+        parser.error(f"--sigmas must be in [0, 1), received {args.sigmas}")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; expected some of {list(METHODS)}")
+    if args.n < 2:
+        parser.error("--n must be at least 2")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    if args.rasl_max_iter < 1:
+        parser.error("--rasl-max-iter must be >= 1")
+    args.methods = [m for m in METHODS if m in args.methods]
+    # RASL's SVDs: one BLAS thread (two made it ~50x slower on a 2-core machine).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = str(out_dir / f"mnist_protocols_{args.mode}")
+    config = {
+        "mode": args.mode, "n": args.n, "seed": args.seed,
+        "congeal_settings": _settings(args).to_dict(),
+        "congeal_epochs_overridden": args.epochs is not None,
+        "rasl": {"max_iter": args.rasl_max_iter, "stop_delta": args.rasl_stop_delta,
+                 "resample": "bilinear", "min_ink": 1.0},
+        "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
+    }
+    path = Path(prefix + ".json")
+    if args.report_only:
+        if not path.exists():
+            parser.error(f"--report-only: {path} does not exist")
+        store = _ReportView(path)
+        report(store, args.methods, prefix, log)
+        return 0
+    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note)
+    run.update(digits=args.digits, sigmas=args.sigmas, methods=args.methods)
+    try:
+        store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)
+    except ValueError as error:
+        parser.error(str(error))
+    store.images_path = prefix + "_images.npz"
+    store.images = _load_images(store.images_path) if args.resume else {}
+    store.set("measures", {
+        "apsnr": "Eq. 9 on the 0..255 scale over the aligned set (RASL: kept images only)",
+        "apsnr_all": "Eq. 9 over all N images (RASL's dropped images unaligned)",
+        "ink_kept": "sum(aligned) / sum(perturbed input) over the (kept) set",
+        "content_scale_median": "median of 1/sqrt|det J| of the src_from_dst transforms at "
+                                "the image centre (metrics.content_scale); < 1 = shrunk",
+        "seconds": "wall clock of the method on this machine (keras_congeal: fit + align)",
+    })
+    from keras_congeal.data import mnist_digit_subset
+
+    mnist = common.resolve_mnist(args.mnist)
+    log(f"MNIST: {mnist}; writing {path}")
+    images = {d: mnist_digit_subset(d, args.n, seed=args.seed, path=mnist) for d in args.digits}
+    for digit in args.digits:
+        for sigma in args.sigmas:
+            run_cell(store, images, digit, sigma, args, log)
+    store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    report(store, args.methods, prefix, log)
+    return 0
+
+
+def _load_images(path):
+    if not os.path.exists(path):
+        return {}
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+class _ReportView:
+    def __init__(self, path):
+        self.results = common.read_json(path)["results"]
+        self.images = _load_images(str(path)[: -len(".json")] + "_images.npz")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

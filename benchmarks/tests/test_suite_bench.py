@@ -1,0 +1,53 @@
+"""Smoke tests of `benchmarks.bench_training` and `benchmarks.bench_onnx`."""
+
+import json
+
+import pytest
+
+from benchmarks import bench_training
+
+
+def test_bench_training_schema(tmp_path, capsys):
+    path = tmp_path / "training.json"
+    assert bench_training.main(["--batch-sizes", "4", "--steps", "1", "--warmup", "1",
+                                "--objective", "D", "--loops", "on-batch",
+                                "--output", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["schema"] == bench_training.SCHEMA
+    assert data["settings"]["objective"] == "D" and data["image_shape"] == [28, 28, 1]
+    assert [r["loop"] for r in data["results"]] == ["on-batch"]
+    for r in data["results"]:
+        assert r["status"] == "ok" and r["images_per_second"] > 0 and r["batch_size"] == 4
+    assert data["run"]["keras"]["backend"] and data["run"]["machine"]["cpu_count"]
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_bench_training_bad_arguments():
+    with pytest.raises(SystemExit):
+        bench_training.main(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        bench_training.main(["--objective", "E"])
+    with pytest.raises(SystemExit):
+        bench_training.main(["--loops", "scan"])
+
+
+def test_bench_onnx_schema(tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the ONNX export needs the TensorFlow backend")
+    from benchmarks import bench_onnx
+
+    path = tmp_path / "onnx.json"
+    assert bench_onnx.main(["--batch", "4", "--repeats", "2", "--warmup", "1",
+                            "--output", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["schema"] == bench_onnx.SCHEMA
+    runtimes = [r["runtime"] for r in data["results"]]
+    assert runtimes == ["onnxruntime", "keras align", "keras predict"]
+    assert data["results"][0]["providers"][-1] == "CPUExecutionProvider"
+    assert data["export"]["op_counts"].get("GridSample", 0) >= 1
+    assert all(r["images_per_second"] > 0 for r in data["results"])
+    assert max(v["aligned_max_abs_diff"] for v in data["export"]["parity"].values()) < 1e-4
