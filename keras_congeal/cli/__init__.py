@@ -1,0 +1,302 @@
+"""The command line: `python -m keras_congeal` (installed as `keras-congeal`).
+
+Usage:
+
+    # The built-in demo set (1000 perturbed MNIST threes), offline:
+    python -m keras_congeal congeal --output demo/
+
+    # A .npy stack (N, H, W) or (N, H, W, C), uint8 or float in [0, 1]:
+    keras-congeal congeal digits.npy --output runs/digits --epochs 30
+
+    # An array of an .npz or an HDF5 dataset (read lazily), a folder of PNG/JPEG:
+    keras-congeal congeal data.h5 --key train/images --output runs/train
+    keras-congeal congeal faces/ --output runs/faces --transform affine
+
+    # A quick try on the first 500 images, then the whole set:
+    keras-congeal congeal big.h5 --key images --limit 500 --epochs 2 --output runs/try
+
+    # Continue a run that was killed (same settings; the unfinished run is
+    # in runs/digits.partial/):
+    keras-congeal congeal digits.npy --output runs/digits --resume
+
+    # Align new images with a trained model (no training):
+    keras-congeal align runs/digits/model.keras new_digits.npy --output runs/new
+
+The Keras backend is Keras's: set KERAS_BACKEND (tensorflow, jax, torch).
+
+Outputs (in --output DIR, which appears only once complete):
+
+    aligned.npy      the aligned images: same count, shape, dtype and value
+                     range as the input (uint8 rounded; float -> float32)
+    transforms.npy   float64 (N, 3, 3); matrix i maps a pixel (x, y, 1) of
+                     aligned image i to the pixel of input image i it samples
+    report.json      counts, APSNR before/after, ink kept, content scale,
+                     timings, settings, per-epoch history (congeal)
+    model.keras      the trained Congealer (congeal only)
+    settings.json    the CongealSettings of the run (congeal only)
+    filenames.json   the input file names, in order (folder input)
+    mean_variance.png, samples.png, reference.png   figures
+
+Exit status: 0 done; 1 bad input or output (one line on stderr, nothing
+written); 2 bad arguments; 130 interrupted (congeal: --resume continues).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import os
+import sys
+import tempfile
+
+__all__ = ["PROG", "SETTING_FLAGS", "build_parser", "main"]
+
+PROG = "keras-congeal"
+
+# CongealSettings field -> its flag.
+SETTING_FLAGS = {
+    "preset": "--preset",
+    "transform": "--transform",
+    "fusion": "--fusion",
+    "objective": "--objective",
+    "reference": "--reference",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "lam": "--lambda",
+    "gamma": "--gamma",
+    "k": "--k",
+    "code_size": "--code-size",
+    "ink_weight": "--ink-weight",
+    "distortion_blur": "--distortion-blur",
+    "seed": "--seed",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports an argument error in one line on stderr (no usage block), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def _reference(value):
+    """`--reference`: a strategy name, an image index, or a path to an image."""
+    from keras_congeal.reference import STRATEGIES
+
+    if value in STRATEGIES:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        return os.path.abspath(value)
+
+
+def _align_batch_size():
+    from keras_congeal.models import Congealer
+
+    return inspect.signature(Congealer.align).parameters["batch_size"].default
+
+
+def _add_settings(parser):
+    """One flag per `CongealSettings` field; their defaults are the dataclass's."""
+    from keras_congeal.layers import DeSTNetFusion
+    from keras_congeal.models import PRESETS, Congealer
+    from keras_congeal.ops.geometry import TRANSFORMS
+    from keras_congeal.reference import STRATEGIES
+    from keras_congeal.training import CongealSettings
+
+    defaults = CongealSettings()
+    group = parser.add_argument_group(
+        "settings", "defaults are those of keras_congeal.training.CongealSettings; with "
+        "--resume, those not given are the interrupted run's"
+    )
+    specs = {
+        "preset": ({"choices": ["auto", *sorted(PRESETS)]},
+                   "architecture of the paper's Table 1",
+                   "auto: mnist up to 64 pixels, lfw above"),
+        "transform": ({"choices": sorted(TRANSFORMS)}, "transform family", None),
+        "fusion": ({"choices": list(DeSTNetFusion._SUPPORTED_FUSION)},
+                   "how DeSTNet stages combine (additive is the paper's)", None),
+        "objective": ({"choices": list(Congealer._SUPPORTED_OBJECTIVES)},
+                      "loss: D+C the paper's; D distortion only; C complexity only", None),
+        "reference": ({"type": _reference, "metavar": f"{'|'.join(STRATEGIES)}|INDEX|PATH"},
+                      "the image the distortion term aligns to: a strategy, an image index, "
+                      "or a PNG/JPEG file of the images' size", None),
+        "epochs": ({"type": int, "metavar": "N"}, "training epochs", None),
+        "batch_size": ({"type": int, "metavar": "N"}, "images per training step", None),
+        "learning_rate": ({"type": float, "metavar": "LR"}, "Adam's learning rate", None),
+        "lam": ({"type": float, "metavar": "LAMBDA", "dest": "lam"},
+                "weight of the complexity term (lambda of Eq. 8)", None),
+        "gamma": ({"type": float}, "strength of the positional penalty on the code", None),
+        "k": ({"type": int}, "k of the positional penalty", None),
+        "code_size": ({"type": int, "metavar": "N"}, "size of the auto-encoder's code |z|",
+                      "the preset's"),
+        "ink_weight": ({"type": float, "metavar": "W"},
+                       "weight of the ink-preservation penalty (0: the paper's loss)", None),
+        "distortion_blur": ({"type": float, "metavar": "SIGMA"},
+                            "Gaussian blur (pixels) of both sides of the distortion (0: none)",
+                            None),
+        "seed": ({"type": int}, "seeds Keras, NumPy and the reference sample", None),
+    }
+    missing = set(SETTING_FLAGS) ^ {f.name for f in dataclasses.fields(CongealSettings)}
+    if missing:  # a new setting needs its flag
+        raise RuntimeError(f"CongealSettings fields without a flag (or stale flags): {missing}")
+    for name, flag in SETTING_FLAGS.items():
+        options, text, shown = specs[name]
+        shown = getattr(defaults, name) if shown is None else shown
+        group.add_argument(flag, default=None, help=f"{text} (default: {shown})",
+                           **{"dest": name, **options})
+
+
+def _add_output_arguments(parser):
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="output directory; built in DIR.partial/, renamed to DIR when "
+                        "complete")
+    parser.add_argument("--key", help="the array of an .npz, or the dataset of an HDF5 "
+                        "file (needed when it holds several)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="use only the first N images (a quick try on a big set)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DIR (removed only once the new result "
+                        "is complete)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or notes; the summary is still printed")
+
+
+def build_parser():
+    """The argument parser (imports Keras: the defaults come from `CongealSettings`)."""
+    from keras_congeal import __version__
+
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Congeal (jointly align) an image set with deep penalised "
+        "reconstruction congealing, or align new images with a trained model.",
+        epilog=__doc__.split("Usage:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_OneLineParser)
+    align_default = _align_batch_size()
+
+    congeal = commands.add_parser(
+        "congeal", help="train on an image set and align it",
+        description="Train a Congealer on INPUT (no labels) and write the aligned set, "
+        "the transforms, the model, a report and figures into DIR.",
+    )
+    congeal.add_argument(
+        "input", nargs="?", metavar="INPUT",
+        help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files; none: the "
+        "built-in demo set (1000 perturbed MNIST threes)",
+    )
+    _add_output_arguments(congeal)
+    congeal.add_argument("--resume", action="store_true",
+                         help="continue the unfinished run in DIR.partial/ from its last "
+                         "finished epoch (same input and settings)")
+    congeal.add_argument("--align-batch-size", type=int, default=align_default, metavar="N",
+                         help=f"images per forward pass when aligning (default: "
+                         f"{align_default})")
+    _add_settings(congeal)
+
+    align = commands.add_parser(
+        "align", help="align images with a trained model (no training)",
+        description="Align INPUT with the Congealer in MODEL and write the aligned set, the "
+        "transforms, a report and figures into DIR.",
+    )
+    align.add_argument("model", metavar="MODEL", help="a model.keras written by congeal")
+    align.add_argument("input", metavar="INPUT",
+                       help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files")
+    _add_output_arguments(align)
+    align.add_argument("--batch-size", type=int, default=align_default, metavar="N",
+                       help=f"images per forward pass (default: {align_default})")
+    return parser
+
+
+def _given_settings(parser, args):
+    """The `CongealSettings` fields given on the command line, checked."""
+    from keras_congeal.training import CongealSettings
+
+    given = {name: getattr(args, name) for name in SETTING_FLAGS
+             if getattr(args, name) is not None}
+    if given.get("preset") == "auto":
+        given["preset"] = None
+    try:
+        CongealSettings(**given)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in SETTING_FLAGS.items():
+            message = message.replace(f"Invalid {name}=", f"invalid {flag} ")
+        parser.error(message.rstrip("."))
+    return given
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Holds back what is written to file descriptor 2 in the block.
+
+    Replayed if the block fails. TensorFlow prints start-up lines straight
+    to the descriptor when it loads (TF_CPP_MIN_LOG_LEVEL does not stop
+    them); an error message must stay one line.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (e.g. a closed stderr): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def main(argv=None) -> int:
+    # Before Keras imports TensorFlow: fewer C++ log lines while training.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_held_back():
+        import keras  # noqa: F401  (loads the backend chosen by KERAS_BACKEND)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, received {args.limit}")
+    if args.command == "congeal" and args.align_batch_size < 1:
+        parser.error(f"--align-batch-size must be >= 1, received {args.align_batch_size}")
+    if args.command == "align" and args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, received {args.batch_size}")
+    try:
+        if args.command == "congeal":
+            if args.key is not None and args.input is None:
+                parser.error("--key needs an INPUT file")
+            given = _given_settings(parser, args)
+            from keras_congeal.cli.congeal import run_congeal
+
+            return run_congeal(args, given, SETTING_FLAGS)
+        from keras_congeal.cli.align import run_align
+
+        return run_align(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        from keras_congeal.io import InputError
+
+        if not isinstance(error, (InputError, OSError)):
+            raise
+        message = str(error) if isinstance(error, InputError) else _os_message(error)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _os_message(error):
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

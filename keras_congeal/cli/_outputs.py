@@ -1,0 +1,287 @@
+"""What `congeal` and `align` share: opening the input, aligning it into the
+output directory chunk by chunk, the figures, `report.json` and the summary."""
+
+import datetime
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+import keras_congeal
+from keras_congeal.datasets import as_float_images, value_range_of
+from keras_congeal.figures import mean_variance_figure, reference_figure, samples_figure
+from keras_congeal.io import (
+    ImageSource,
+    ImagesView,
+    InputError,
+    NpyWriter,
+    open_images,
+    scan_values,
+)
+from keras_congeal.metrics import AlignmentMeter
+
+__all__ = [
+    "InputSet",
+    "open_input",
+    "images_nhwc",
+    "align_into",
+    "check_model_input",
+    "write_figures",
+    "write_json",
+    "report_header",
+    "summary_lines",
+]
+
+# Images shown in samples.png.
+SAMPLES = 16
+
+
+class InputSet:
+    """An opened, checked input: the source, its (possibly limited) images."""
+
+    def __init__(self, source, images, demo=None):
+        self.source = source
+        self.images = images
+        self.demo = demo  # the `load_demo()` dict, or None
+        self.count = len(images)
+        self.image_shape = source.image_shape
+        self.dtype = np.dtype(images.dtype)
+        self.data_range = value_range_of(self.dtype)
+
+    @property
+    def filenames(self):
+        names = self.source.filenames
+        return None if names is None else names[:self.count]
+
+    def describe(self):
+        """One line: what the input is."""
+        h, w, c = self.image_shape
+        kind = "grey" if c == 1 else "RGB"
+        what = "the built-in demo set" if self.demo is not None else self.source.name
+        return f"{self.count} {kind} images {h}x{w} {self.dtype.name} from {what}"
+
+    def info(self, limit):
+        """The input's identity, for report.json and for --resume."""
+        return {
+            "kind": "demo" if self.demo is not None else self.source.kind,
+            "path": None if self.source.path is None else os.path.abspath(self.source.path),
+            "key": self.source.key,
+            "limit": limit,
+            "images": self.count,
+            "shape": [int(s) for s in self.images.shape],
+            "dtype": self.dtype.name,
+        }
+
+    def close(self):
+        self.source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def open_input(path, key=None, limit=None):
+    """Opens INPUT (or the demo when `path` is None), checks its values.
+
+    Raises:
+        InputError: anything wrong with the input (see `keras_congeal.io`).
+    """
+    demo = None
+    if path is None:
+        from keras_congeal.data import load_demo
+
+        demo = load_demo()
+        source = ImageSource(demo["images"], kind="demo")
+    else:
+        source = open_images(path, key=key)
+    try:
+        images = source.images
+        if limit is not None or source.kind == "hdf5":
+            # Keeps h5py datasets lazy: slicing one would read it.
+            images = ImagesView(images, limit)
+        if demo is not None and limit is not None:
+            demo = {**demo, **{k: demo[k][:limit] for k in ("images", "originals", "matrices")}}
+        scan_values(images, source.name)
+        return InputSet(source, images, demo)
+    except BaseException:
+        source.close()
+        raise
+
+
+def images_nhwc(images):
+    """`images` with a channel axis, read lazily."""
+    return images if images.ndim == 4 else ImagesView(images, add_channel=True)
+
+
+def _restore(aligned, dtype):
+    """Aligned floats in [0, 1] -> the output dtype (uint8 rounded, else float32)."""
+    if dtype == np.uint8:
+        return np.clip(np.rint(aligned * 255.0), 0, 255).astype(np.uint8)
+    return aligned.astype(np.float32)
+
+
+def align_into(model, inputs, directory, batch_size, verbose):
+    """Aligns `inputs` with `model`, writing `aligned.npy` and `transforms.npy`.
+
+    Reads, aligns and writes `batch_size` images at a time, so memory stays
+    bounded. The statistics are measured on what is written (uint8 output
+    after rounding).
+
+    Args:
+        model: a `Congealer`.
+        inputs: an `InputSet`.
+        directory: str. Where to write.
+        batch_size: int. Images per forward pass.
+        verbose: bool. Show a `keras.utils.Progbar`.
+
+    Returns:
+        `(meter, seconds)`: the `AlignmentMeter` (on the input's and the
+        output's values, in the input's range) and the wall time.
+    """
+    start_time = time.perf_counter()
+    images = inputs.images
+    count = inputs.count
+    out_dtype = np.uint8 if inputs.dtype == np.uint8 else np.float32
+    meter = AlignmentMeter(data_range=inputs.data_range)
+    progress = keras.utils.Progbar(count, verbose=1 if verbose else 0, unit_name="image")
+    aligned_path = os.path.join(directory, "aligned.npy")
+    transforms_path = os.path.join(directory, "transforms.npy")
+    with NpyWriter(aligned_path, images.shape, out_dtype) as aligned_out, \
+            NpyWriter(transforms_path, (count, 3, 3), np.float64) as transforms_out:
+        for start in range(0, count, batch_size):
+            raw = np.asarray(images[start:start + batch_size])
+            batch = as_float_images(raw, inputs.data_range)
+            result = model.align(batch, batch_size=batch_size)
+            aligned = _restore(result["aligned"], out_dtype).reshape(raw.shape)
+            aligned_out.write(aligned)
+            transforms_out.write(result["transforms"])
+            meter.update(raw, aligned, result["transforms"])
+            progress.add(len(raw))
+    return meter, time.perf_counter() - start_time
+
+
+def write_figures(directory, inputs, meter, reference, reference_label):
+    """Writes mean_variance.png, samples.png and reference.png."""
+    h, w, _ = inputs.image_shape
+    mean_variance_figure(
+        meter.before, meter.after, os.path.join(directory, "mean_variance.png"),
+        title=f"{inputs.count} images, {h}x{w}",
+    )
+    aligned = np.load(os.path.join(directory, "aligned.npy"), mmap_mode="r")
+    samples_figure(
+        np.asarray(inputs.images[:SAMPLES]), np.asarray(aligned[:SAMPLES]),
+        os.path.join(directory, "samples.png"), n=SAMPLES, data_range=inputs.data_range,
+    )
+    del aligned
+    reference_figure(reference, os.path.join(directory, "reference.png"), data_range=1.0,
+                     label=reference_label)
+
+
+def _finite(value):
+    """JSON cannot hold inf/NaN: they become None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path, value):
+    """Writes `value` as indented JSON (inf/NaN as null)."""
+    with open(path, "w") as f:
+        json.dump(_finite(value), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def report_header(command):
+    """The report's first keys: what wrote it, where and when."""
+    return {
+        "command": command,
+        "keras_congeal_version": keras_congeal.__version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def format_seconds(seconds):
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes)} min {seconds:.0f} s"
+
+
+def check_model_input(model, inputs, model_name):
+    """Raises `InputError` unless the images have the model's shape."""
+    expected = tuple(model.image_shape)
+    if tuple(inputs.image_shape) != expected:
+        got = "x".join(map(str, inputs.image_shape))
+        raise InputError(
+            f"{inputs.source.name}: images are {got} (height x width x channels), but "
+            f"{model_name} was trained on {'x'.join(map(str, expected))}"
+        )
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def summary_lines(report, output):
+    """The end-of-run summary, one screen: quality, time, where the outputs are."""
+    shape = "x".join(map(str, report["image_shape"][:2]))
+    kind = "grey" if report["image_shape"][2] == 1 else "RGB"
+    oracle = report.get("oracle") or {}
+    lines = [f"{report['command']}: {report['images']} {kind} images {shape} "
+             f"{report['dtype']} -> {output}"]
+    settings = report.get("settings")
+    if settings is not None:
+        lines.append(
+            f"  model      {report['preset']} preset, {settings['transform']}, "
+            f"{settings['objective']}, {_plural(report['epochs'], 'epoch')}, "
+            f"batch {settings['batch_size']}, "
+            f"learning rate {settings['learning_rate']:g}, lambda {settings['lam']:g}, "
+            f"ink weight {settings['ink_weight']:g}, seed {settings['seed']}"
+        )
+        index, reference = report.get("reference_index"), report["reference"]
+        if index is not None:
+            reference = f"image {index} ({reference})"
+        lines.append(f"  reference  {reference}")
+    else:
+        lines.append(f"  model      {report['model']}")
+
+    def db(value):
+        return f"{value:.2f} dB" if value is not None and math.isfinite(value) else "inf dB"
+
+    apsnr = f"{db(report['apsnr_before'])} -> {db(report['apsnr_after'])}"
+    if oracle:
+        apsnr = f"{apsnr:<28} (oracle {db(oracle['apsnr'])}, unperturbed originals " \
+                f"{db(oracle['apsnr_originals'])})"
+    lines.append(f"  APSNR      {apsnr}")
+    ink = f"{report['ink_kept']:.3f}" if report["ink_kept"] is not None else "n/a"
+    if oracle:
+        ink = f"{ink:<28} (oracle {oracle['ink_kept']:.3f})"
+    lines.append(f"  ink kept   {ink}")
+    lines.append(
+        f"  scale      median {report['content_scale_median']:.3f} "
+        f"(p05 {report['content_scale_p05']:.3f}, p95 {report['content_scale_p95']:.3f})"
+    )
+    seconds = report["seconds"]
+    parts = []
+    if "training" in seconds:
+        resumed = report.get("resumed_from_epoch")
+        note = f", resumed after epoch {resumed}" if resumed is not None else ""
+        parts.append(f"training {format_seconds(seconds['training'])}{note}")
+    parts.append(f"aligning {format_seconds(seconds['aligning'])}")
+    parts.append(f"total {format_seconds(seconds['total'])}")
+    lines.append(f"  time       {', '.join(parts)} ({report['backend']} backend)")
+    lines.append(f"  outputs    {output}{os.sep}: {' '.join(report['files'])}")
+    return lines

@@ -1,0 +1,309 @@
+"""The `congeal` command: train a `Congealer` on an image set, align the set,
+and write the outputs (see `keras_congeal.cli` for the list) atomically.
+
+Steps, each finished before the next starts:
+
+1. cheap checks of the output directory and the input (nothing written);
+2. the settings (on `--resume`, those of the interrupted run), the reference
+   image, the model built on the image shape (images too small fail here);
+3. `DIR.partial/` is created with `settings.json` and `run.json` (the input's
+   identity); training writes a `BackupAndRestore` backup and one line of
+   history per epoch there;
+4. `model.keras`, `aligned.npy`, `transforms.npy`, the figures and
+   `report.json` are written into it, the scratch files removed, and it is
+   renamed to `DIR`.
+
+A run that is killed leaves only `DIR.partial/`; `--resume` continues it
+from its last finished epoch.
+"""
+
+import json
+import os
+import sys
+import time
+
+import keras
+
+from keras_congeal.cli._outputs import (
+    align_into,
+    images_nhwc,
+    open_input,
+    report_header,
+    summary_lines,
+    write_figures,
+    write_json,
+)
+from keras_congeal.io import AtomicOutputDir, InputError, atomic_file, read_image_file
+from keras_congeal.models import preset_for_size
+from keras_congeal.reference import STRATEGIES, choose_reference
+from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
+
+__all__ = ["run_congeal"]
+
+SETTINGS_FILE = "settings.json"
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.jsonl"
+BACKUP_DIR = "backup"
+# Scratch entries of DIR.partial/, removed before it becomes DIR.
+SCRATCH = (RUN_FILE, HISTORY_FILE, BACKUP_DIR)
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Appends one JSON line per finished epoch (its logs and wall time)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 3)}
+        entry.update({key: float(value) for key, value in (logs or {}).items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read it ({error}); remove the unfinished run") from None
+
+
+def _resolve_settings(given, out, flags):
+    """The run's settings: `given` over the defaults, or the interrupted run's.
+
+    Args:
+        given: dict of the settings given on the command line.
+        out: the `AtomicOutputDir`.
+        flags: dict, setting name -> its command-line flag (for messages).
+    """
+    if not out.resuming:
+        return CongealSettings(**given)
+    try:
+        saved = CongealSettings.from_dict(_read_json(out.file(SETTINGS_FILE)))
+    except ValueError as error:
+        raise InputError(f"{out.file(SETTINGS_FILE)}: {error}") from None
+    changed = [
+        f"{flags[name]} {value} (was {getattr(saved, name)})"
+        for name, value in given.items() if value != getattr(saved, name)
+    ]
+    if changed:
+        raise InputError(
+            f"--resume: {out.partial} was started with other settings: {', '.join(changed)}; "
+            "give the same ones (or none), or remove it to start afresh"
+        )
+    return saved
+
+
+def _describe_input(info):
+    source = info.get("path") or info.get("kind")
+    key = f"[{info['key']}]" if info.get("key") else ""
+    return f"{info.get('images')} images {info.get('shape')} {info.get('dtype')} from {source}{key}"
+
+
+def _check_same_input(out, info):
+    saved = _read_json(out.file(RUN_FILE)).get("input") or {}
+    if saved != info:
+        raise InputError(
+            f"--resume: the input differs from that of {out.partial} (it had "
+            f"{_describe_input(saved)}, now {_describe_input(info)}); pass the same input, "
+            "or remove it"
+        )
+
+
+def _resolve_reference(settings, inputs):
+    """The reference image (H, W, C) float32 in [0, 1] and its index (or None)."""
+    spec = settings.reference
+    height, width, channels = inputs.image_shape
+    if isinstance(spec, str) and spec not in STRATEGIES:
+        if not os.path.isfile(spec):
+            raise InputError(
+                f"--reference {spec}: no such image file (expected {', '.join(STRATEGIES)}, "
+                "an image index or a PNG/JPEG file)"
+            )
+        image = read_image_file(spec, channels=channels)
+        if image.shape[:2] != (height, width):
+            raise InputError(
+                f"--reference {spec}: {image.shape[1]}x{image.shape[0]} pixels, but the "
+                f"images are {width}x{height}"
+            )
+        return image.reshape(height, width, channels).astype("float32") / 255.0, None
+    if isinstance(spec, int) and not -inputs.count <= spec < inputs.count:
+        raise InputError(f"--reference {spec}: out of range for {inputs.count} images")
+    return choose_reference(images_nhwc(inputs.images), spec, data_range=inputs.data_range,
+                            seed=settings.seed)
+
+
+def _build_model(settings, reference, inputs):
+    keras.utils.set_random_seed(settings.seed)
+    try:
+        model = build_congealer(settings, reference)
+        model.build((None, *inputs.image_shape))
+    except ValueError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise InputError(f"{inputs.source.name}: {reason}") from None
+    return model
+
+
+def _backup_epoch(backup_dir):
+    """Epochs finished according to the `BackupAndRestore` backup (0: none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(os.path.join(backup_dir, "latest.weights.h5")):
+        return 0
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _history(path, epochs):
+    """The logged epochs up to `epochs` (the file is rewritten to hold just those)."""
+    entries = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut by the kill
+                    continue
+                if entry.get("epoch", 0) <= epochs:
+                    entries.append(entry)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(entry) + "\n" for entry in entries)
+    return entries
+
+
+def _oracle(demo):
+    """The demo's known perturbations undone (`oracle_align`): APSNR, ink."""
+    from keras_congeal.data import oracle_align
+    from keras_congeal.metrics import ImageStats, ink_kept
+
+    oracle = oracle_align(demo["images"], demo["matrices"])
+    return {
+        "apsnr": ImageStats(255.0).update(oracle).apsnr(),
+        "ink_kept": ink_kept(demo["images"], oracle),
+        "apsnr_originals": ImageStats(255.0).update(demo["originals"]).apsnr(),
+    }
+
+
+def _train(out, inputs, settings, model, quiet):
+    """Trains `model` in `out.partial` (resuming its backup, if any).
+
+    Returns:
+        `(model, history, resumed_after, seconds)`: the trained model, the
+        per-epoch log of every session, the epoch the backup held (0: none)
+        and this session's training time.
+    """
+    backup_dir = out.file(BACKUP_DIR)
+    resumed_after = _backup_epoch(backup_dir)
+    _history(out.file(HISTORY_FILE), resumed_after)  # drops epochs logged after the backup
+    if out.resuming and not quiet:
+        print(f"resuming {out.partial} after epoch {resumed_after} of {settings.epochs}")
+    start = time.perf_counter()
+    callbacks = [
+        _EpochLog(out.file(HISTORY_FILE)),
+        # Kept until the outputs are written: a run killed while aligning
+        # resumes with every epoch done.
+        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+    ]
+    model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
+                             verbose=0 if quiet else "auto", model=model)
+    seconds = time.perf_counter() - start
+    return model, _history(out.file(HISTORY_FILE), settings.epochs), resumed_after, seconds
+
+
+def run_congeal(args, given, flags):
+    """Runs the `congeal` command.
+
+    Args:
+        args: the parsed `argparse.Namespace`.
+        given: dict of the `CongealSettings` fields given on the command line.
+        flags: dict, settings field -> flag (for messages).
+
+    Returns:
+        The exit status (0, or 130 when interrupted).
+
+    Raises:
+        InputError: a bad input or output; nothing was written.
+    """
+    start_time = time.perf_counter()
+    say = (lambda *a: None) if args.quiet else print
+    out = AtomicOutputDir(args.output, overwrite=args.overwrite, resume=args.resume,
+                          protect=[args.input] if args.input else []).check()
+    if args.resume and not out.resuming:
+        say(f"--resume: no unfinished run in {out.partial}; starting a new one")
+    with open_input(args.input, args.key, args.limit) as inputs:
+        # === Checks and set-up: nothing is written ===
+        settings = _resolve_settings(given, out, flags)
+        info = inputs.info(args.limit)
+        if out.resuming:
+            _check_same_input(out, info)
+        reference, reference_index = _resolve_reference(settings, inputs)
+        model = _build_model(settings, reference, inputs)
+        preset = settings.preset or preset_for_size(*inputs.image_shape[:2])
+        shown = (settings.reference if reference_index is None
+                 else f"image {reference_index} ({settings.reference})")
+        say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
+            f"{settings.epochs} epoch(s); reference: {shown}")
+
+        # === Training and outputs, in DIR.partial/ ===
+        partial = out.begin()
+        try:
+            if not out.resuming:
+                with atomic_file(out.file(SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
+                    f.write(settings.to_json() + "\n")
+                write_json(out.file(RUN_FILE), {"input": info})
+            model, history, resumed_after, train_seconds = _train(
+                out, inputs, settings, model, args.quiet
+            )
+            model.save(out.file("model.keras"))
+            say("aligning")
+            meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
+                                              verbose=not args.quiet)
+            write_figures(partial, inputs, meter, reference, f"reference: {shown}")
+            if inputs.filenames is not None:
+                write_json(out.file("filenames.json"), inputs.filenames)
+            summary = meter.summary()
+            summary.pop("images")
+            report = {
+                **report_header("congeal"),
+                "input": {**info, "description": (inputs.demo or {}).get("description")},
+                "images": inputs.count,
+                "image_shape": list(inputs.image_shape),
+                "dtype": inputs.dtype.name,
+                **summary,
+                "oracle": _oracle(inputs.demo) if inputs.demo is not None else None,
+                "seconds": {
+                    "training": train_seconds,
+                    "training_all_sessions": sum(e.get("seconds", 0.0) for e in history),
+                    "aligning": align_seconds,
+                    "total": time.perf_counter() - start_time,
+                },
+                "epochs": settings.epochs,
+                "resumed_from_epoch": resumed_after if out.resuming else None,
+                "preset": preset,
+                "reference": settings.reference,
+                "reference_index": reference_index,
+                "settings": settings.to_dict(),
+                "history": history,
+                "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
+            }
+            write_json(out.file("report.json"), report)
+            out.commit(drop=SCRATCH)
+        except KeyboardInterrupt:
+            print(f"keras-congeal: interrupted; the unfinished run is in {out.partial}: "
+                  "run the same command with --resume to continue it", file=sys.stderr)
+            return 130
+        except BaseException:
+            print(f"keras-congeal: the unfinished run is kept in {out.partial} (the same "
+                  "command with --resume continues it)", file=sys.stderr)
+            raise
+    for line in summary_lines(report, out.path):
+        print(line)
+    return 0
