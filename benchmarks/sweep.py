@@ -17,8 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 CONFIGS = {
     # The paper's settings: D + C, lr 1e-5, no ink penalty.
     "paper": dict(lr=1e-5, ink_weight=0.0),

@@ -5,8 +5,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_congeal.metrics import content_scale, ink_kept
 from keras_congeal.metrics import apsnr as compute_apsnr
+from keras_congeal.metrics import content_scale, ink_kept
 
 __all__ = ["AlignmentMonitor"]
 

@@ -1,98 +1,23 @@
-"""Run settings and the high-level training entry point.
+"""The high-level training entry point.
 
-`CongealSettings` holds everything a congealing run needs (model
-hyper-parameters and run settings), with the defaults that worked best across
-the paper's MNIST protocols; it is written as JSON beside the outputs.
-`build_congealer` turns it into a compiled `Congealer`; `fit_congealer` trains
-one on an image set (in memory or on disk) and returns it.
+`build_congealer` turns `CongealSettings` (see `keras_congeal.settings`) into a
+compiled `Congealer`; `fit_congealer` trains one on an image set (in memory or
+on disk) and returns it.
 """
 
 import contextlib
-import dataclasses
-import json
 
 import keras
 import numpy as np
 
 from keras_congeal.callbacks import AlignmentMonitor
 from keras_congeal.datasets import ImageBatches, as_float_images, value_range_of
-from keras_congeal.models import Congealer, preset_for_size
+from keras_congeal.models import Congealer
+from keras_congeal.presets import preset_for_size
 from keras_congeal.reference import choose_reference
+from keras_congeal.settings import CongealSettings
 
 __all__ = ["CongealSettings", "build_congealer", "fit_congealer"]
-
-
-@dataclasses.dataclass(frozen=True)
-class CongealSettings:
-    """Settings of a congealing run. Defaults: the best found across the
-    paper's MNIST protocols (perspective sigma up to 30%) on a CPU budget; see
-    `benchmarks/results/sweep_gpu.md`. Notably `transform="affine"`: homography
-    gains ~0.5 dB at sigma 20% but its content scale drifts at 30%.
-
-    Attributes:
-        preset: `"mnist"`, `"lfw"` or `None` (chosen from the image size).
-        transform: transform family (`"homography"`, `"affine"`, ...).
-        fusion: DeSTNet fusion, `"additive"` (the paper's) or `"compose"`.
-        objective: `"D+C"` (the paper's), `"D"` or `"C"`.
-        reference: `"medoid"`, `"mean"`, an image index, or a path to an
-            image file (resolved by the caller).
-        epochs, batch_size, learning_rate: the optimisation (Adam).
-        lam: `lambda` of Eq. (8); gamma, k: the positional penalty;
-        code_size: `|z|` (`None`: the preset's).
-        ink_weight: weight of the ink-preservation penalty (0 = the paper's
-            loss; see `Congealer`).
-        distortion_blur: Gaussian sigma (pixels) applied to both sides of
-            the distortion loss (0 = none).
-        seed: seeds Keras, NumPy and the reference sample.
-    """
-
-    preset: str | None = None
-    transform: str = "affine"
-    fusion: str = "additive"
-    objective: str = "D+C"
-    reference: str | int = "medoid"
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    lam: float = 1.0
-    gamma: float = 1.0
-    k: int = 1
-    code_size: int | None = None
-    ink_weight: float = 1.0
-    distortion_blur: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        checks = [
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.learning_rate > 0, "learning_rate", "a number > 0"),
-            (self.lam >= 0, "lam", "a number >= 0"),
-            (self.gamma >= 0, "gamma", "a number >= 0"),
-            (self.ink_weight >= 0, "ink_weight", "a number >= 0"),
-            (self.distortion_blur >= 0, "distortion_blur", "a number >= 0"),
-            (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {expected}.")
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    def to_json(self):
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, config):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Unknown settings {unknown}; expected some of {sorted(known)}.")
-        return cls(**config)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
 
 
 def build_congealer(settings, reference, strategy=None):

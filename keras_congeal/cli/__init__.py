@@ -44,7 +44,6 @@ written); 2 bad arguments; 130 interrupted (congeal: --resume continues).
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import os
 import sys
 import tempfile
@@ -93,22 +92,21 @@ def _reference(value):
 
 
 def _align_batch_size():
-    from keras_congeal.models import Congealer
+    from keras_congeal.constants import ALIGN_BATCH_SIZE
 
-    return inspect.signature(Congealer.align).parameters["batch_size"].default
+    return ALIGN_BATCH_SIZE
 
 
 def _add_settings(parser):
     """One flag per `CongealSettings` field; their defaults are the dataclass's."""
-    from keras_congeal.layers import DeSTNetFusion
-    from keras_congeal.models import PRESETS, Congealer
-    from keras_congeal.ops.geometry import TRANSFORMS
+    from keras_congeal.constants import FUSIONS, OBJECTIVES, TRANSFORMS
+    from keras_congeal.presets import PRESETS
     from keras_congeal.reference import STRATEGIES
-    from keras_congeal.training import CongealSettings
+    from keras_congeal.settings import CongealSettings
 
     defaults = CongealSettings()
     group = parser.add_argument_group(
-        "settings", "defaults are those of keras_congeal.training.CongealSettings; with "
+        "settings", "defaults are those of keras_congeal.settings.CongealSettings; with "
         "--resume, those not given are the interrupted run's"
     )
     specs = {
@@ -116,9 +114,9 @@ def _add_settings(parser):
                    "architecture of the paper's Table 1",
                    "auto: mnist up to 64 pixels, lfw above"),
         "transform": ({"choices": sorted(TRANSFORMS)}, "transform family", None),
-        "fusion": ({"choices": list(DeSTNetFusion._SUPPORTED_FUSION)},
+        "fusion": ({"choices": list(FUSIONS)},
                    "how DeSTNet stages combine (additive is the paper's)", None),
-        "objective": ({"choices": list(Congealer._SUPPORTED_OBJECTIVES)},
+        "objective": ({"choices": list(OBJECTIVES)},
                       "loss: D+C the paper's; D distortion only; C complexity only", None),
         "reference": ({"type": _reference, "metavar": f"{'|'.join(STRATEGIES)}|INDEX|PATH"},
                       "the image the distortion term aligns to: a strategy, an image index, "
@@ -215,7 +213,7 @@ def build_parser():
 
 def _given_settings(parser, args):
     """The `CongealSettings` fields given on the command line, checked."""
-    from keras_congeal.training import CongealSettings
+    from keras_congeal.settings import CongealSettings
 
     given = {name: getattr(args, name) for name in SETTING_FLAGS
              if getattr(args, name) is not None}
@@ -262,21 +260,22 @@ def _stderr_held_back():
 def main(argv=None) -> int:
     # Before Keras imports TensorFlow: fewer C++ log lines while training.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_held_back():
-        import keras  # noqa: F401  (loads the backend chosen by KERAS_BACKEND)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before Keras loads: --help and usage errors are instant
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, received {args.limit}")
     if args.command == "congeal" and args.align_batch_size < 1:
         parser.error(f"--align-batch-size must be >= 1, received {args.align_batch_size}")
     if args.command == "align" and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, received {args.batch_size}")
+    if args.command == "congeal":
+        if args.key is not None and args.input is None:
+            parser.error("--key needs an INPUT file")
+        given = _given_settings(parser, args)
+    with _stderr_held_back():
+        import keras  # noqa: F401  (loads the backend chosen by KERAS_BACKEND)
     try:
         if args.command == "congeal":
-            if args.key is not None and args.input is None:
-                parser.error("--key needs an INPUT file")
-            given = _given_settings(parser, args)
             from keras_congeal.cli.congeal import run_congeal
 
             return run_congeal(args, given, SETTING_FLAGS)

@@ -34,7 +34,7 @@ from keras_congeal.cli._outputs import (
     write_json,
 )
 from keras_congeal.io import AtomicOutputDir, InputError, atomic_file, read_image_file
-from keras_congeal.models import preset_for_size
+from keras_congeal.presets import preset_for_size
 from keras_congeal.reference import STRATEGIES, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
 

@@ -173,7 +173,8 @@ def _generate(args, sources):
     else:
         chunks = iter_infimnist_like(sources, seed=args.seed, chunk_size=args.chunk_size)
     pad = AFFNIST_PADDING if args.dataset == "affnist" else 0
-    for start, (images, matrices) in zip(range(0, len(sources), args.chunk_size), chunks):
+    starts = range(0, len(sources), args.chunk_size)
+    for start, (images, matrices) in zip(starts, chunks, strict=True):
         originals = sources[start : start + args.chunk_size]
         yield images, matrices, np.pad(originals, ((0, 0), (pad, pad), (pad, pad)))
 
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
         start = 0
         for chunk in _generate(args, sources):
             stop = start + len(chunk[0])
-            for name, values in zip(("images", "transforms", "originals"), chunk):
+            for name, values in zip(("images", "transforms", "originals"), chunk, strict=True):
                 if name in arrays:
                     arrays[name][start:stop] = values
             start = stop

@@ -242,9 +242,10 @@ def oracle_align(perturbed, matrices, chunk_size=CHUNK_SIZE):
 
     Warps each image by `inv(P)`, so that `aligned(q) = perturbed(P^-1 q)`,
     which equals the original at `q` (up to the slight blur of two bilinear
-    resamplings) wherever `P^-1 q` fell inside the perturbed frame. Ink that the perturbation pushed out of the frame is lost
-    and cannot be recovered: those pixels come back zero (or faded at the
-    boundary, by the bilinear blend with zero padding).
+    resamplings) wherever `P^-1 q` fell inside the perturbed frame. Ink that
+    the perturbation pushed out of the frame is lost and cannot be recovered:
+    those pixels come back zero (or faded at the boundary, by the bilinear
+    blend with zero padding).
 
     Args:
         perturbed: array (N, H, W) or (N, H, W, C).

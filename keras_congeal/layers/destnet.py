@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_congeal.constants import FUSIONS
 from keras_congeal.layers.bilinear_sampler import BilinearSampler
 from keras_congeal.ops import geometry
 
@@ -36,7 +37,7 @@ class DeSTNetFusion(keras.layers.Layer):
         `(batch, n)`: the fused parameters.
     """
 
-    _SUPPORTED_FUSION = ("additive", "compose")
+    _SUPPORTED_FUSION = FUSIONS
 
     def __init__(self, transform="homography", fusion="additive", **kwargs):
         super().__init__(**kwargs)
@@ -184,7 +185,7 @@ class DeSTNet(keras.layers.Layer):
                 f"{self.padding!r})."
             )
         n = geometry.num_params(self.transform)
-        for i, (stage, fusion) in enumerate(zip(self.stages, self.fusions)):
+        for i, (stage, fusion) in enumerate(zip(self.stages, self.fusions, strict=True)):
             stage.build(input_shape)
             fusion.build(([(None, self.fusion_units)] * (i + 1), (None, n)))
 
@@ -192,7 +193,7 @@ class DeSTNet(keras.layers.Layer):
         batch = ops.shape(images)[0]
         params = ops.zeros((batch, geometry.num_params(self.transform)), images.dtype)
         features = []
-        for i, (stage, fusion) in enumerate(zip(self.stages, self.fusions)):
+        for i, (stage, fusion) in enumerate(zip(self.stages, self.fusions, strict=True)):
             warped = images if i == 0 else self.sampler([images, params])
             features.append(stage(warped))
             params = fusion([features, params])

@@ -6,7 +6,7 @@ from keras import ops
 
 def positional_weights(code_size, k=1):
     """The paper's penalty weights `w_l = l^k / sum_l l^k`, l = 1..code_size."""
-    raw = [float(l) ** k for l in range(1, code_size + 1)]
+    raw = [float(position) ** k for position in range(1, code_size + 1)]
     total = sum(raw)
     return [v / total for v in raw]
 

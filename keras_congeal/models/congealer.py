@@ -2,9 +2,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_congeal.constants import ALIGN_BATCH_SIZE, OBJECTIVES
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
-from keras_congeal.models.presets import get_preset
 from keras_congeal.ops import geometry
+from keras_congeal.presets import get_preset
 
 _EPS = 1e-6
 
@@ -56,7 +57,7 @@ class Congealer(keras.Model):
     >>> result = congealer.align(images)  # aligned images, pixel transforms
     """
 
-    _SUPPORTED_OBJECTIVES = ("D+C", "D", "C")
+    _SUPPORTED_OBJECTIVES = OBJECTIVES
 
     def __init__(
         self,
@@ -216,7 +217,7 @@ class Congealer(keras.Model):
         matrices = geometry.delta_to_pixel_matrix(delta, input_size or size, output_size or size)
         return ops.convert_to_numpy(matrices).astype("float64")
 
-    def align(self, images, batch_size=256, verbose=0):
+    def align(self, images, batch_size=ALIGN_BATCH_SIZE, verbose=0):
         """Aligns images with the trained aligner (no re-optimisation).
 
         Args:

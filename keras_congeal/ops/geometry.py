@@ -30,6 +30,8 @@ bit for bit).
 
 from keras import ops
 
+from keras_congeal.constants import TRANSFORMS
+
 __all__ = [
     "TRANSFORMS",
     "num_params",
@@ -46,8 +48,6 @@ __all__ = [
     "transform_points",
     "PERSPECTIVE_EPSILON",
 ]
-
-TRANSFORMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
 
 # The perspective divide is clamped away from zero: a homography that sends a
 # pixel to infinity would otherwise produce inf/NaN coordinates and gradients.

@@ -96,7 +96,7 @@ def test_matches_skimage_warp(make_digits):
     images = make_digits(8, 1).astype(np.float32)
     perturbed, matrices = perspective_perturbation(images, 0.1, seed=3)
     assert perturbed.dtype == np.float32
-    for image, result, matrix in zip(images, perturbed, matrices):
+    for image, result, matrix in zip(images, perturbed, matrices, strict=True):
         np.testing.assert_allclose(result, _skimage(image, matrix), atol=0.05)
     # uint8 in, uint8 out: the same warp, rounded.
     as_uint8, _ = perspective_perturbation(images.astype(np.uint8), 0.1, seed=3)
@@ -162,7 +162,7 @@ def test_oracle_recovers_uncropped_interior():
     # frame lies inside it (elsewhere the ink was cropped).
     y, x = np.mgrid[0:28, 0:28].reshape(2, -1).astype(np.float64)
     interior = np.all((np.stack([x, y], axis=1) >= 2) & (np.stack([x, y], axis=1) <= 25), axis=1)
-    for original, result, matrix in zip(images, aligned, matrices):
+    for original, result, matrix in zip(images, aligned, matrices, strict=True):
         back = _map(np.linalg.inv(matrix), np.stack([x, y], axis=1))
         inside = (np.all((back >= 0.5) & (back <= 26.5), axis=1) & interior).reshape(28, 28)
         assert inside.sum() > 200
@@ -217,7 +217,7 @@ def test_infimnist_shapes_and_translation(make_digits):
     # Without field and thickening, it is exactly the translation P.
     moved, same = infimnist_like(images.astype(np.float32), seed=0, alpha=0, thickening_prob=0)
     np.testing.assert_array_equal(same, matrices)
-    for image, result, matrix in zip(images, moved, matrices):
+    for image, result, matrix in zip(images, moved, matrices, strict=True):
         np.testing.assert_allclose(result, _skimage(image, matrix), atol=0.05)
     # With nothing random, it is the identity.
     still, _ = infimnist_like(images, alpha=0, thickening_prob=0, max_shift=0)

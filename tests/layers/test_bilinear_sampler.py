@@ -67,4 +67,5 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="Unknown transform family"):
         BilinearSampler("rigid")
     with pytest.raises(ValueError, match="rank 4"):
-        BilinearSampler("translation")([np.zeros((4, 4, 1), "float32"), np.zeros((1, 2), "float32")])
+        BilinearSampler("translation")([np.zeros((4, 4, 1), "float32"),
+                                        np.zeros((1, 2), "float32")])

@@ -65,7 +65,8 @@ def test_warp_then_inverse_returns_interior():
 def test_agrees_with_scikit_image(kind):
     rng = np.random.default_rng(2)
     image = rng.random((20, 24)).astype("float32")
-    m = np.eye(3) + rng.normal(size=(3, 3)) * np.array([[0.1, 0.1, 1.5], [0.1, 0.1, 1.5], [0, 0, 0]])
+    spread = np.array([[0.1, 0.1, 1.5], [0.1, 0.1, 1.5], [0, 0, 0]])
+    m = np.eye(3) + rng.normal(size=(3, 3)) * spread
     if kind == "projective":
         m[2, :2] = rng.normal(size=2) * 0.004
     ours = _np(warp(image[None, ..., None], m[None].astype("float32")))[0, ..., 0]

@@ -1,0 +1,11 @@
+"""Names the package accepts, in a module that imports nothing (so that the
+command line can list them in `--help` without loading Keras)."""
+
+# Transform families and their number of parameters (offsets from identity).
+TRANSFORMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
+# How DeSTNet fuses the stages' parameter updates.
+FUSIONS = ("additive", "compose")
+# Losses of the Congealer: the paper's D + C, and the ablation of Sec. 3.2.
+OBJECTIVES = ("D+C", "D", "C")
+# Images per forward pass when aligning a set with a trained model.
+ALIGN_BATCH_SIZE = 256
