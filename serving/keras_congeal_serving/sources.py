@@ -100,7 +100,11 @@ class FolderSource:
         if len(self.channels_seen) > 1:
             raise InputError(f"{path}: mixes greyscale and colour images")
         self.uniform = len(set(self.shapes)) == 1
-        self.shape = (len(names), *self.shapes[0]) if self.uniform else None
+        # Grey folders read as (N, H, W), as `python -m keras_congeal congeal`
+        # writes them: the same folder gives the same aligned.npy shape.
+        self.grey = self.channels_seen == [1]
+        shape = self.shapes[0][:2] if self.grey else self.shapes[0]
+        self.shape = (len(names), *shape) if self.uniform else None
         self._channels = channels
 
     def describe(self) -> str:
@@ -115,7 +119,8 @@ class FolderSource:
         ]
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.stack(self.read_list(start, stop))
+        stack = np.stack(self.read_list(start, stop))
+        return stack[..., 0] if self.grey and stack.shape[-1] == 1 else stack
 
     def close(self) -> None:
         pass

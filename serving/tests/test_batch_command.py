@@ -119,8 +119,9 @@ def test_png_folder(grey_model, digits, tmp_path, capsys):
     assert filenames == sorted(names)
     order = [names.index(n) for n in filenames]
     aligned = np.load(tmp_path / "out" / "aligned.npy")
-    assert aligned.shape == (5, 8, 8, 1) and aligned.dtype == np.uint8
-    np.testing.assert_array_equal(aligned[..., 0], expected_translation(digits[order], (1, 0)))
+    # Grey folders give (N, H, W), like `python -m keras_congeal congeal`.
+    assert aligned.shape == (5, 8, 8) and aligned.dtype == np.uint8
+    np.testing.assert_array_equal(aligned, expected_translation(digits[order], (1, 0)))
 
 
 def test_rgb_folder_with_jpeg(rgb_model, tmp_path, capsys):
