@@ -9,13 +9,16 @@ zeros, with a bilinear blend to zero in the one-pixel band around the border
 (ONNX/PyTorch `GridSample(bilinear, zeros, align_corners=True)`), as the
 package's own sampler does.
 
-No Keras here: the baselines run without a Keras backend.
+No Keras here: the baselines run without a Keras backend. The alignment
+measures are the package's own (`keras_congeal.metrics` is NumPy only).
 """
 
 import resource
 import sys
 
 import numpy as np
+
+from keras_congeal.metrics import apsnr, content_scale, ink_kept
 
 __all__ = [
     "apsnr",
@@ -148,38 +151,3 @@ def max_rss_bytes():
     """
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def apsnr(images, data_range=255.0):
-    """The paper's APSNR (Eq. 9), in dB, on the 0..255 scale.
-
-    `10 log10(255^2 / MSE)`, MSE the mean over images and pixels of the squared
-    difference to the mean image; `data_range` is the value of white in
-    `images`. Same definition as `keras_congeal.metrics`.
-    """
-    stack = np.asarray(images, dtype="float64") * (255.0 / float(data_range))
-    mse = float(np.mean((stack - stack.mean(axis=0)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
-def ink_kept(inputs, aligned):
-    """`sum(aligned) / sum(inputs)` over the set (1 = all content kept)."""
-    total = float(np.sum(inputs, dtype="float64"))
-    return float(np.sum(aligned, dtype="float64")) / total if total else float("nan")
-
-
-def content_scale(src_from_dst, size):
-    """Per image `1 / sqrt(|det J|)`, `J` the Jacobian of the transform at the
-    image centre: the linear scale of the content in the aligned image relative
-    to the input (1 unchanged, < 1 shrunk), as in `keras_congeal.metrics`."""
-    t = np.asarray(src_from_dst, dtype="float64")
-    cy, cx = (size[0] - 1) / 2.0, (size[1] - 1) / 2.0
-    w = t[:, 2, 0] * cx + t[:, 2, 1] * cy + t[:, 2, 2]
-    u = t[:, 0, 0] * cx + t[:, 0, 1] * cy + t[:, 0, 2]
-    v = t[:, 1, 0] * cx + t[:, 1, 1] * cy + t[:, 1, 2]
-    j00 = (t[:, 0, 0] * w - u * t[:, 2, 0]) / w**2
-    j01 = (t[:, 0, 1] * w - u * t[:, 2, 1]) / w**2
-    j10 = (t[:, 1, 0] * w - v * t[:, 2, 0]) / w**2
-    j11 = (t[:, 1, 1] * w - v * t[:, 2, 1]) / w**2
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(np.abs(j00 * j11 - j01 * j10))

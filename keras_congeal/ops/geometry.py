@@ -140,14 +140,27 @@ def compose_params(first, second, transform):
     return delta_to_params(d1 + d2 + ops.matmul(d1, d2), transform)
 
 
-def _normalizer(size):
-    """Scales `(2 / (W - 1), 2 / (H - 1))` of the pixel -> normalised map."""
+def _check_size(size):
     height, width = size
     if height < 2 or width < 2:
         raise ValueError(
             f"Images must be at least 2x2 pixels, received size {tuple(size)}."
         )
-    return (2.0 / (width - 1), 2.0 / (height - 1))
+    return height, width
+
+
+def _normalized_from_pixel(size, dtype):
+    """`N` (3, 3): pixel -> normalised coordinates of an image of `size`."""
+    height, width = _check_size(size)
+    sx, sy = 2.0 / (width - 1), 2.0 / (height - 1)
+    return ops.convert_to_tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype)
+
+
+def _pixel_from_normalized(size, dtype):
+    """`N^-1` (3, 3): normalised -> pixel coordinates of an image of `size`."""
+    height, width = _check_size(size)
+    hx, hy = (width - 1) / 2.0, (height - 1) / 2.0
+    return ops.convert_to_tensor([[hx, 0.0, hx], [0.0, hy, hy], [0.0, 0.0, 1.0]], dtype)
 
 
 def delta_to_pixel_matrix(delta, src_size, dst_size):
@@ -160,44 +173,26 @@ def delta_to_pixel_matrix(delta, src_size, dst_size):
 
     Returns:
         Tensor (B, 3, 3) `P = N_src^-1 M_norm N_dst`, written as
-        `P = S + N_src^-1 delta N_dst` where `S` is the exact scale between the
-        two pixel grids (the identity when the sizes agree).
+        `P = S + N_src^-1 delta N_dst` where `S = N_src^-1 N_dst` is the exact
+        scale between the two pixel grids (the identity when the sizes agree),
+        so that zero offsets give the identity bit for bit.
     """
-    sx_src, sy_src = _normalizer(src_size)
-    sx_dst, sy_dst = _normalizer(dst_size)
-    dtype = delta.dtype
-    # N = [[sx, 0, -1], [0, sy, -1], [0, 0, 1]], N^-1 = [[1/sx, 0, 1/sx], ...].
-    n_dst = ops.convert_to_tensor(
-        [[sx_dst, 0.0, -1.0], [0.0, sy_dst, -1.0], [0.0, 0.0, 1.0]], dtype
-    )
-    n_src_inv = ops.convert_to_tensor(
-        [[1.0 / sx_src, 0.0, 1.0 / sx_src], [0.0, 1.0 / sy_src, 1.0 / sy_src],
-         [0.0, 0.0, 1.0]],
-        dtype,
-    )
+    (src_h, src_w), (dst_h, dst_w) = _check_size(src_size), _check_size(dst_size)
     scale = ops.convert_to_tensor(
-        [[(src_size[1] - 1) / (dst_size[1] - 1), 0.0, 0.0],
-         [0.0, (src_size[0] - 1) / (dst_size[0] - 1), 0.0],
+        [[(src_w - 1) / (dst_w - 1), 0.0, 0.0], [0.0, (src_h - 1) / (dst_h - 1), 0.0],
          [0.0, 0.0, 1.0]],
-        dtype,
+        delta.dtype,
     )
-    return scale + ops.matmul(ops.matmul(n_src_inv, delta), n_dst)
+    pixel_from_normalized = _pixel_from_normalized(src_size, delta.dtype)
+    normalized_from_pixel = _normalized_from_pixel(dst_size, delta.dtype)
+    return scale + ops.matmul(ops.matmul(pixel_from_normalized, delta), normalized_from_pixel)
 
 
 def pixel_to_normalized_matrix(matrix, src_size, dst_size):
     """Pixel `src_from_dst` matrix (B, 3, 3) -> normalised matrix (B, 3, 3)."""
-    sx_src, sy_src = _normalizer(src_size)
-    sx_dst, sy_dst = _normalizer(dst_size)
-    dtype = matrix.dtype
-    n_src = ops.convert_to_tensor(
-        [[sx_src, 0.0, -1.0], [0.0, sy_src, -1.0], [0.0, 0.0, 1.0]], dtype
-    )
-    n_dst_inv = ops.convert_to_tensor(
-        [[1.0 / sx_dst, 0.0, 1.0 / sx_dst], [0.0, 1.0 / sy_dst, 1.0 / sy_dst],
-         [0.0, 0.0, 1.0]],
-        dtype,
-    )
-    return ops.matmul(ops.matmul(n_src, matrix), n_dst_inv)
+    normalized_from_pixel = _normalized_from_pixel(src_size, matrix.dtype)
+    pixel_from_normalized = _pixel_from_normalized(dst_size, matrix.dtype)
+    return ops.matmul(ops.matmul(normalized_from_pixel, matrix), pixel_from_normalized)
 
 
 def invert_matrix(matrix):
