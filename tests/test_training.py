@@ -91,3 +91,12 @@ def test_mirrored_strategy_trains_on_two_replicas():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "replicas 2" in out.stdout
+
+
+def test_top_level_names_load_lazily():
+    import keras_congeal
+
+    assert keras_congeal.CongealSettings is CongealSettings
+    assert keras_congeal.fit_congealer is fit_congealer
+    with pytest.raises(AttributeError, match="no attribute"):
+        keras_congeal.NotAThing  # noqa: B018
