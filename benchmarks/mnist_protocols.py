@@ -180,7 +180,9 @@ def run_cell(store, images, digit, sigma, args, log):
     """Runs the missing methods of one (digit, sigma) cell; returns their keys."""
     from keras_congeal.data import perspective_perturbation
 
-    todo = [m for m in args.methods if not store.done(entry_key(digit, sigma, m))]
+    todo = [m for m in args.methods if not store.done(entry_key(digit, sigma, m))
+            or (args.retry_failed
+                and store.get(entry_key(digit, sigma, m)).get("status", "ok") != "ok")]
     if not todo:
         log(f"digit {digit} sigma {sigma:g}: done, skipped")
         return []
@@ -198,12 +200,22 @@ def run_cell(store, images, digit, sigma, args, log):
     for method in todo:
         key = entry_key(digit, sigma, method)
         start = time.perf_counter()
-        output = RUNNERS[method](x, matrices, args)
+        try:
+            output = RUNNERS[method](x, matrices, args)
+        except Exception as error:  # a method that breaks on a cell is a result too
+            entry = {**data, "method": method, "status": f"failed: {type(error).__name__}: "
+                     f"{str(error)[:300]}", "seconds": time.perf_counter() - start,
+                     "apsnr": None, "ink_kept": None, "content_scale_median": None,
+                     "images": len(x), "images_kept": None}
+            store.put(key, entry)
+            done.append(key)
+            log(f"digit {digit} sigma {sigma:g} {method:15s} {entry['status']}")
+            continue
         seconds = time.perf_counter() - start
         measures = common.alignment_measures(x, output["aligned"], output["transforms"],
                                              output["mask"])
         mean, var = measures.pop("_mean"), measures.pop("_var")
-        entry = {**data, "method": method, **measures, "seconds": seconds,
+        entry = {**data, "method": method, "status": "ok", **measures, "seconds": seconds,
                  "max_rss_bytes": common.rss_bytes(), **output["extra"]}
         store.put(key, entry)
         store.images[f"{key}/mean"] = mean
@@ -233,6 +245,14 @@ def summary_rows(results, sigmas, methods):
                        if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9]
             if not entries:
                 continue
+            failed = [e for e in entries if e.get("status", "ok") != "ok"]
+            entries = [e for e in entries if e.get("status", "ok") == "ok"]
+            if not entries:
+                rows.append({"sigma": sigma, "method": method, "digits": [], "failed": len(
+                    failed), **dict.fromkeys(("apsnr", "ink_kept", "content_scale_median",
+                                              "seconds", "images_kept", "images")),
+                             "capped": False})
+                continue
             rows.append({
                 "sigma": sigma, "method": method, "digits": sorted(e["digit"] for e in entries),
                 "apsnr": _mean([e["apsnr"] for e in entries]),
@@ -242,6 +262,7 @@ def summary_rows(results, sigmas, methods):
                 "images_kept": _mean([e["images_kept"] for e in entries]),
                 "images": _mean([e["images"] for e in entries]),
                 "capped": any(e.get("capped") for e in entries),
+                "failed": len(failed),
             })
     return rows
 
@@ -254,6 +275,7 @@ def tables(results, methods):
     for r in summary_rows(results, sigmas, methods):
         mark = "*" if r["method"].startswith("rasl") else ""
         mark += " (capped)" if r["capped"] else ""
+        mark += f" ({r['failed']} failed)" if r["failed"] else ""
         rows.append([
             f"{r['sigma']:g}", r["method"], " ".join(map(str, r["digits"])),
             common.fmt(r["apsnr"]) + mark, common.fmt(r["ink_kept"]),
@@ -270,16 +292,21 @@ def tables(results, methods):
             cells = []
             for digit in digits:
                 e = results.get(entry_key(digit, sigma, method))
-                cells.append("-" if e is None else
-                             f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
-                             f"{common.fmt(e['content_scale_median'])})")
+                if e is None:
+                    cells.append("-")
+                elif e.get("status", "ok") != "ok":
+                    cells.append("failed")
+                else:
+                    cells.append(f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
+                                 f"{common.fmt(e['content_scale_median'])})")
             if any(c != "-" for c in cells):
                 body.append([method, *cells])
         text += ["", f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)", "",
                  common.markdown_table(["method", *map(str, digits)], body)]
     text += ["", "`*` RASL: over the images it kept (it drops images perturbed out of the "
              "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
-             "stopping rule. scale: median content scale (1 = unchanged, < 1 = shrunk)."]
+             "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
+             "what). scale: median content scale (1 = unchanged, < 1 = shrunk)."]
     return "\n".join(text)
 
 
@@ -388,6 +415,8 @@ def _parser():
     parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
     parser.add_argument("--resume", action="store_true",
                         help="continue the results file, skipping finished entries")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="with --resume, run again the entries whose method failed")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild the tables and figures from the results file")
     parser.add_argument("--backend-note", default=None,
@@ -416,8 +445,6 @@ def main(argv=None) -> int:
     if args.rasl_max_iter < 1:
         parser.error("--rasl-max-iter must be >= 1")
     args.methods = [m for m in METHODS if m in args.methods]
-    # RASL's SVDs: one BLAS thread (two made it ~50x slower on a 2-core machine).
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -429,8 +456,10 @@ def main(argv=None) -> int:
         "mode": args.mode, "n": args.n, "seed": args.seed,
         "congeal_settings": _settings(args).to_dict(),
         "congeal_epochs_overridden": args.epochs is not None,
-        "rasl": {"max_iter": args.rasl_max_iter, "stop_delta": args.rasl_stop_delta,
-                 "resample": "bilinear", "min_ink": 1.0},
+        # RASL's iteration cap is per entry (`max_iter`, `capped`): a later
+        # --resume may run RASL with another cap.
+        "rasl": {"stop_delta": args.rasl_stop_delta, "resample": "bilinear", "min_ink": 1.0,
+                 "blas_threads": 1},
         "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
     }
     path = Path(prefix + ".json")

@@ -53,6 +53,7 @@ def test_protocol_schema_resume_and_report(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "mnist_protocols_quick_images.npz").exists()
     assert "Averaged over digits" in (tmp_path / "mnist_protocols_quick_tables.md").read_text()
     assert "| 0.2 | kc-D | 3 |" in capsys.readouterr().out
+    assert all(e["status"] == "ok" for e in results.values())
 
     # --resume skips every finished entry and runs only the new method.
     calls = []
@@ -73,6 +74,23 @@ def test_protocol_schema_resume_and_report(tmp_path, monkeypatch, capsys):
     data = _load(tmp_path)
     assert len(data["runs"]) == 2 and len(data["results"]) == len(methods) + 1
     assert data["results"]["digit3/sigma0.2/kc-D"] == results["digit3/sigma0.2/kc-D"]
+
+    # A method that raises is recorded as failed, and the run goes on.
+    def broken(x, matrices, args):
+        raise FloatingPointError("boom")
+
+    monkeypatch.setitem(mnist_protocols.RUNNERS, "kc-C", broken)
+    assert mnist_protocols.main(ARGS + ["--methods", "kc-C", "--resume"] + out) == 0
+    failed = _load(tmp_path)["results"]["digit3/sigma0.2/kc-C"]
+    assert failed["status"].startswith("failed: FloatingPointError") and failed["apsnr"] is None
+    assert "| kc-C | failed |" in capsys.readouterr().out
+    monkeypatch.setitem(mnist_protocols.RUNNERS, "kc-C", fakes["kc-C"])
+    assert mnist_protocols.main(ARGS + ["--methods", "kc-C", "--resume"] + out) == 0
+    assert calls == ["rasl-affine"]  # skipped: failed entries rerun only on request
+    assert mnist_protocols.main(ARGS + ["--methods", "kc-C", "--resume", "--retry-failed"]
+                                + out) == 0
+    assert calls == ["rasl-affine", "kc-C"]
+    assert _load(tmp_path)["results"]["digit3/sigma0.2/kc-C"]["status"] == "ok"
 
     # A different configuration cannot resume the same file.
     with pytest.raises(SystemExit):
