@@ -1,0 +1,726 @@
+"""The paper's LFW protocol (Sec. 3.5, Figs. 9-10, Table 2) on four subjects.
+
+For each subject and initialisation, the initial box (the Viola-Jones box of
+the LFW frame, enlarged by the initialisation fraction in width and height)
+is cropped from every 150x150 frame and resized to `--size` pixels with ONE
+bilinear warp by the pixel matrix `B` (`crop_matrix`); every method then
+aligns the same crops:
+
+* `input`: no alignment (the initialisation itself);
+* `keras_congeal`: `fit_congealer` with `CongealSettings(preset="lfw")`
+  (the package's defaults otherwise; `--epochs`/`--min-steps` change the
+  optimisation budget and are recorded);
+* `rasl`, `rasl-similarity`, `rasl-affine`: RASL (`benchmarks.baselines.run_rasl`,
+  Euclidean by default as its README says) on the greyscale crops (the
+  `rasl` package aligns one-channel images); its transforms then warp the
+  RGB crops with the package's bilinear sampler, so every method's aligned
+  images come from the same sampler.
+
+Measures per (subject, init, method):
+
+* APSNR (Eq. 9) of the aligned RGB crops, MSE averaged over the channels
+  (`keras_congeal.metrics.ImageStats`);
+* the median content scale (`keras_congeal.metrics.content_scale`: < 1 the
+  content shrank, i.e. zoom-out; > 1 zoom-in), which APSNR alone hides;
+* the landmark error of Table 2: the two outer eye corners (`canthus_rr`,
+  `canthus_ll`) and the nose tip of each annotated frame are mapped into the
+  aligned crop by the inverse of `F_i = B @ T_i` (both pixel `src_from_dst`);
+  each landmark's spread is the mean distance of its aligned positions to
+  their mean; the error is the spread averaged over the three landmarks,
+  divided by the mean eye-to-eye distance in the aligned frame, in percent.
+
+Geometry (the convention of `keras_congeal.ops.geometry`: `x` = column,
+`y` = row, pixel centres at integers). A `W`-pixel frame covers
+`[-0.5, W - 0.5]`; the Viola-Jones box is the centred square of side
+`W / 2.2` (LFW's frames are the detected box enlarged 2.2 times), enlarged
+to `s = (1 + init) W / 2.2`. The crop's pixel *edges* meet the box's edges:
+`B = [[a, 0, c - a (n - 1) / 2], [0, a, c - a (n - 1) / 2], [0, 0, 1]]` with
+`a = s / n`, `c = (W - 1) / 2`, `n = --size`. The landmarks are given in the
+original 250x250 frame and multiplied by 0.6 for the 150x150 frames, as the
+data's README says.
+
+Results go to `<output-dir>/<name>.json` after every finished entry (atomic;
+`--resume` skips finished entries), the mean images to `<name>_means.npz`
+(uint8), one panel per initialisation to `<name>_init<init>.png` (like
+Figs. 9-10: the mean frame with the box in red, then each method's mean
+aligned crop) and the tables to `<name>_tables.md`.
+
+Usage:
+
+    # Everything on the paper's three initialisations (RASL takes minutes):
+    python -m benchmarks.lfw --inits 0 0.15 0.30 --size 64
+
+    # A CPU budget: fewer epochs, but at least 40 steps for the small subjects.
+    python -m benchmarks.lfw --epochs 4 --min-steps 40 --resume
+
+    # Two subjects, the first 50 images of each, no RASL:
+    python -m benchmarks.lfw --subjects Serena_Williams Tony_Blair --limit 50 \\
+        --methods input keras_congeal --name lfw_small
+
+    # Rebuild the tables and the figures from the JSON:
+    python -m benchmarks.lfw --report-only
+"""
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+
+__all__ = [
+    "SUBJECTS",
+    "METHODS",
+    "LANDMARKS",
+    "resolve_lfw",
+    "box_side",
+    "box_corners",
+    "crop_matrix",
+    "read_landmarks",
+    "load_subject",
+    "crop_frames",
+    "map_points",
+    "aligned_landmarks",
+    "landmark_error",
+    "main",
+]
+
+SCHEMA = "keras_congeal.lfw/1"
+# The paper's four subjects, in Table 2's order S1..S4.
+SUBJECTS = ("George_W_Bush", "Jennifer_Capriati", "Serena_Williams", "Tony_Blair")
+METHODS = ("input", "keras_congeal", "rasl", "rasl-similarity", "rasl-affine")
+DEFAULT_METHODS = ("input", "keras_congeal", "rasl")
+LABELS = {"input": "input", "keras_congeal": "keras_congeal", "rasl": "RASL eucl.",
+          "rasl-similarity": "RASL sim.", "rasl-affine": "RASL affine"}
+# LFW frames are the Viola-Jones box enlarged 2.2 times in each dimension.
+VIOLA_JONES_ENLARGEMENT = 2.2
+# landmarks.tsv holds ORIGINAL 250x250 coordinates; the JPEGs are 150x150.
+LANDMARK_SCALE = 0.6
+# The paper's three landmarks: outer eye corners (subject's right, left), nose tip.
+LANDMARKS = ("canthus_rr", "canthus_ll", "nose")
+EYES = (0, 1)
+# The paper's Table 2 (landmark error, %), for the report.
+PAPER_TABLE2 = {
+    (0.0, "RASL"): (2.88, 2.45, 3.32, 3.24),
+    (0.0, "DC"): (3.97, 3.48, 3.48, 3.27),
+    (0.0, "Proposed"): (2.67, 1.86, 2.24, 2.39),
+    (0.15, "RASL"): (3.24, 6.40, 5.02, 3.65),
+    (0.15, "Proposed"): (3.84, 2.12, 4.34, 2.04),
+    (0.3, "RASL"): (6.29, 6.77, 7.08, 6.87),
+    (0.3, "Proposed"): (4.27, 1.92, 3.69, 2.55),
+}
+CROP_BATCH = 64
+
+
+def entry_key(subject, init, method):
+    return f"{subject}/init{init:g}/{method}"
+
+
+# === Data and geometry ===
+
+
+def resolve_lfw(path=None):
+    """The `lfw4` folder: `path`, else `$KERAS_CONGEAL_DATA/lfw4`, else
+    `../shared/data/lfw4` beside the repository. Raises `FileNotFoundError`."""
+    candidates = []
+    if path is not None:
+        candidates.append(Path(path))
+    else:
+        if os.environ.get("KERAS_CONGEAL_DATA"):
+            candidates.append(Path(os.environ["KERAS_CONGEAL_DATA"]) / "lfw4")
+        candidates.append(common.REPO.parent / "shared" / "data" / "lfw4")
+    for candidate in candidates:
+        if (candidate / "landmarks.tsv").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"LFW data not found (looked for landmarks.tsv in {[str(c) for c in candidates]}); "
+        "pass --data or set KERAS_CONGEAL_DATA to the folder holding lfw4/"
+    )
+
+
+def box_side(frame_size, init):
+    """Side (pixels) of the initial box: the Viola-Jones box `frame / 2.2`,
+    enlarged by `init` (0.15 = 15%) in width and height."""
+    return frame_size / VIOLA_JONES_ENLARGEMENT * (1.0 + init)
+
+
+def box_corners(frame_size, init):
+    """`(x0, y0, x1, y1)`: the box's outer edges in the frame's pixel coordinates
+    (the frame itself spans `[-0.5, frame - 0.5]`)."""
+    centre = (frame_size - 1) / 2.0
+    half = box_side(frame_size, init) / 2.0
+    return (centre - half, centre - half, centre + half, centre + half)
+
+
+def crop_matrix(frame_size, crop_size, init):
+    """`B` (3, 3) float64: pixel `src_from_dst`, crop pixel -> frame pixel.
+
+    The crop's pixel edges meet the box's edges: crop point `(-0.5, -0.5)`
+    maps to the box's top-left corner, `(n - 0.5, n - 0.5)` to its
+    bottom-right one, and crop pixel centres sample the box at `side / n`
+    spacing.
+
+    Args:
+        frame_size: int. Side of the square frame (150 for these JPEGs).
+        crop_size: int. Side `n` of the square crop.
+        init: float. Box enlargement (0, 0.15, 0.30).
+    """
+    scale = box_side(frame_size, init) / crop_size
+    centre = (frame_size - 1) / 2.0
+    shift = centre - scale * (crop_size - 1) / 2.0
+    return np.array([[scale, 0.0, shift], [0.0, scale, shift], [0.0, 0.0, 1.0]])
+
+
+def read_landmarks(data_dir):
+    """`{filename: (3, 2) float64}`: canthus_rr, canthus_ll and nose tip
+    `(x, y)` in the 150x150 frames (the TSV's 250x250 values times 0.6)."""
+    out = {}
+    with open(Path(data_dir) / "landmarks.tsv", newline="") as f:
+        rows = csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t")
+        for row in rows:
+            points = [[float(row[f"{name}_x"]), float(row[f"{name}_y"])] for name in LANDMARKS]
+            out[row["image"]] = np.asarray(points) * LANDMARK_SCALE
+    return out
+
+
+def load_subject(data_dir, subject, limit=None):
+    """The subject's frames, uint8 (N, H, W, 3), and their file names (sorted)."""
+    from keras_congeal.io import open_images
+
+    with open_images(Path(data_dir) / subject) as source:
+        images = np.asarray(source.images)
+        names = list(source.filenames)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{subject}: expected RGB frames, received shape {images.shape}")
+    if limit is not None:
+        images, names = images[:limit], names[:limit]
+    return images, names
+
+
+def crop_frames(frames, matrix, size):
+    """Crops and resizes every frame with one bilinear warp by `matrix`
+    (`keras_congeal.ops.warp`, zeros outside the frame).
+
+    Args:
+        frames: array (N, H, W, C), uint8 or floats in [0, 1].
+        matrix: (3, 3) pixel `src_from_dst`, crop -> frame (`crop_matrix`).
+        size: int. Side of the square crops.
+
+    Returns:
+        float32 array (N, size, size, C) in [0, 1].
+    """
+    return _warp_images(frames, np.broadcast_to(matrix, (len(frames), 3, 3)), (size, size))
+
+
+def _warp_images(images, matrices, output_size):
+    from keras import ops
+
+    from keras_congeal.ops import warp
+
+    images = np.asarray(images)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    out = []
+    for start in range(0, len(images), CROP_BATCH):
+        batch = ops.convert_to_tensor(images[start:start + CROP_BATCH].astype("float32") / scale)
+        m = ops.convert_to_tensor(np.asarray(matrices[start:start + CROP_BATCH], "float32"))
+        out.append(ops.convert_to_numpy(warp(batch, m, output_size)))
+    return np.concatenate(out).astype("float32")
+
+
+def map_points(matrix, points):
+    """Maps points (N, K, 2) through per-image 3x3 matrices (N, 3, 3), with the
+    perspective divide, in float64."""
+    points = np.asarray(points, "float64")
+    homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1)
+    mapped = np.einsum("nij,nkj->nki", np.asarray(matrix, "float64"), homogeneous)
+    return mapped[..., :2] / mapped[..., 2:]
+
+
+def aligned_landmarks(frame_points, crop_from_frame_src, transforms):
+    """Frame landmarks (N, K, 2) -> the aligned crops' pixel frame.
+
+    Args:
+        frame_points: (N, K, 2) `(x, y)` in the frame.
+        crop_from_frame_src: `B` (3, 3), crop pixel -> frame pixel.
+        transforms: `T_i` (N, 3, 3), aligned pixel -> crop pixel.
+
+    Returns:
+        (N, K, 2): `F_i^-1 p` with `F_i = B @ T_i` (aligned -> frame).
+    """
+    full = np.asarray(crop_from_frame_src, "float64")[None] @ np.asarray(transforms, "float64")
+    return map_points(np.linalg.inv(full), frame_points)
+
+
+def landmark_error(points, eyes=EYES):
+    """Table 2's landmark error of aligned landmarks (N, K, 2).
+
+    Each landmark's spread is the mean distance of its N positions to their
+    mean; the error is the mean spread over the K landmarks divided by the
+    mean distance between the two `eyes` landmarks, in percent.
+
+    Returns:
+        dict: `error_percent`, `spread_percent` (per landmark), `spread_pixels`
+        (per landmark), `eye_distance` (pixels) and `images`.
+    """
+    points = np.asarray(points, "float64")
+    if points.ndim != 3 or points.shape[-1] != 2 or len(points) == 0:
+        raise ValueError(f"Expected points of shape (N >= 1, K, 2), received {points.shape}.")
+    spread = np.linalg.norm(points - points.mean(axis=0), axis=-1).mean(axis=0)
+    eye_distance = float(np.linalg.norm(points[:, eyes[0]] - points[:, eyes[1]], axis=-1).mean())
+    return {
+        "error_percent": float(100.0 * spread.mean() / eye_distance),
+        "spread_percent": (100.0 * spread / eye_distance).tolist(),
+        "spread_pixels": spread.tolist(),
+        "eye_distance": eye_distance,
+        "images": int(len(points)),
+    }
+
+
+# === Methods ===
+
+
+def _identity(n):
+    return np.tile(np.eye(3), (n, 1, 1))
+
+
+def _run_input(crops, args):
+    return {"aligned": crops, "transforms": _identity(len(crops)), "extra": {}}
+
+
+def congeal_settings(args):
+    from keras_congeal.settings import CongealSettings
+
+    settings = CongealSettings(preset="lfw")
+    if args.epochs is not None:
+        settings = settings.replace(epochs=args.epochs)
+    return settings
+
+
+def _cell_epochs(settings, n, min_steps):
+    steps_per_epoch = math.ceil(n / settings.batch_size)
+    return max(settings.epochs, math.ceil(min_steps / steps_per_epoch)), steps_per_epoch
+
+
+def _run_congealer(crops, args):
+    import keras
+
+    from keras_congeal.training import fit_congealer
+
+    settings = congeal_settings(args)
+    epochs, steps_per_epoch = _cell_epochs(settings, len(crops), args.min_steps)
+    settings = settings.replace(epochs=epochs)
+    start = time.perf_counter()
+    model, history = fit_congealer(crops, settings, verbose=0,
+                                   monitor_size=min(args.monitor_size, len(crops)))
+    fit_seconds = time.perf_counter() - start
+    result = model.align(crops, batch_size=256)
+    history = {k: [float(v) for v in values] for k, values in history.history.items()}
+    keras.backend.clear_session()
+    return {
+        "aligned": result["aligned"], "transforms": result["transforms"],
+        "extra": {
+            "settings": settings.to_dict(), "epochs": epochs,
+            "steps": epochs * steps_per_epoch, "fit_seconds": fit_seconds,
+            "history": history,
+        },
+    }
+
+
+def _run_rasl(transform):
+    def run(crops, args):
+        from benchmarks.baselines import run_rasl
+
+        grey = _greyscale(crops)
+        result = run_rasl(grey, transform=transform, data_range=1.0, resample="bilinear",
+                          max_iter=args.rasl_max_iter, stop_delta=args.rasl_stop_delta)
+        transforms = result["transforms"]
+        info = result["info"]
+        return {
+            "aligned": _warp_images(crops, transforms, crops.shape[1:3]),
+            "transforms": transforms,
+            "extra": {
+                "iterations": result["iterations"],
+                "capped": result["iterations"] >= args.rasl_max_iter,
+                "rasl_seconds": result["seconds"],
+                "guards": info["guards"], "num_kept": info["num_kept"],
+                "settings": {k: info[k] for k in ("transform", "stop_delta", "max_iter",
+                                                  "min_ink")},
+                "note": "RASL aligned the greyscale crops (0.299 R + 0.587 G + 0.114 B); its "
+                        "transforms warp the RGB crops with keras_congeal's bilinear sampler",
+            },
+        }
+
+    return run
+
+
+def _greyscale(images):
+    return np.tensordot(np.asarray(images, "float64"), [0.299, 0.587, 0.114], axes=([-1], [0]))
+
+
+RUNNERS = {
+    "input": _run_input,
+    "keras_congeal": _run_congealer,
+    "rasl": _run_rasl("euclidean"),
+    "rasl-similarity": _run_rasl("similarity"),
+    "rasl-affine": _run_rasl("affine"),
+}
+
+
+# === Protocol ===
+
+
+def measure(crops, aligned, transforms, matrix, landmarks):
+    """APSNR, content scale and landmark error of one method's output.
+
+    `landmarks` is `(index, points)`: the indices of the annotated frames and
+    their (M, 3, 2) frame points.
+    """
+    from keras_congeal.metrics import ImageStats, content_scale
+
+    stats = ImageStats(1.0).update(aligned)
+    scales = content_scale(transforms, aligned.shape[1:3])
+    index, points = landmarks
+    error = (landmark_error(aligned_landmarks(points, matrix, transforms[index]))
+             if len(index) else None)
+    return {
+        "apsnr": stats.apsnr(),
+        "content_scale_median": float(np.median(scales)),
+        "content_scale_p05": float(np.percentile(scales, 5)),
+        "content_scale_p95": float(np.percentile(scales, 95)),
+        "landmark_error_percent": error["error_percent"] if error else None,
+        "landmarks": error,
+        "_mean": stats.mean,
+    }
+
+
+def run_cell(store, frames, names, landmarks, subject, init, args, log):
+    """Runs the missing methods of one (subject, init) cell."""
+    todo = [m for m in args.methods if not store.done(entry_key(subject, init, m))]
+    if not todo:
+        log(f"{subject} init {init:g}: done, skipped")
+        return
+    matrix = crop_matrix(frames.shape[1], args.size, init)
+    crops = crop_frames(frames, matrix, args.size)
+    index = np.array([i for i, name in enumerate(names) if name in landmarks], dtype=int)
+    points = (np.stack([landmarks[names[i]] for i in index]) if len(index)
+              else np.zeros((0, len(LANDMARKS), 2)))
+    data = {
+        "subject": subject, "init": init, "images": len(frames),
+        "images_with_landmarks": int(len(index)), "crop_matrix": matrix,
+        "box": box_corners(frames.shape[1], init), "frame_size": int(frames.shape[1]),
+    }
+    for method in todo:
+        key = entry_key(subject, init, method)
+        start = time.perf_counter()
+        output = RUNNERS[method](crops, args)
+        seconds = time.perf_counter() - start
+        measures = measure(crops, output["aligned"], output["transforms"], matrix,
+                           (index, points))
+        mean = measures.pop("_mean")
+        entry = {**data, "method": method, **measures, "seconds": seconds,
+                 "max_rss_bytes": common.rss_bytes(), **output["extra"]}
+        store.put(key, entry)
+        store.images[key] = np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
+        common.write_npz_atomic(store.images_path, store.images)
+        log(f"{subject:18s} init {init:<4g} {method:15s} APSNR {entry['apsnr']:6.2f} dB  "
+            f"landmarks {common.fmt(entry['landmark_error_percent'])}%  "
+            f"scale {entry['content_scale_median']:.3f}  {seconds:7.1f} s")
+
+
+# === Report ===
+
+
+def tables(results, methods):
+    """Markdown: every cell, then averages over subjects, then Table 2's layout."""
+    inits = sorted({e["init"] for e in results.values()})
+    subjects = [s for s in SUBJECTS if any(e["subject"] == s for e in results.values())]
+    subjects += sorted({e["subject"] for e in results.values()} - set(subjects))
+    rows = []
+    for subject in subjects:
+        for init in inits:
+            for method in methods:
+                e = results.get(entry_key(subject, init, method))
+                if e is None:
+                    continue
+                budget = (f"{e['epochs']} ep / {e['steps']} steps" if "epochs" in e else
+                          f"{e['iterations']} it" + (" (capped)" if e.get("capped") else "")
+                          if "iterations" in e else "")
+                rows.append([subject, f"{init:g}", method, e["images"], common.fmt(e["apsnr"]),
+                             common.fmt(e["landmark_error_percent"]),
+                             common.fmt(e["content_scale_median"], 3),
+                             common.fmt(e["seconds"], 1), budget])
+    text = ["### Every cell", "", common.markdown_table(
+        ["subject", "init", "method", "N", "APSNR dB", "landmark err. %", "scale (median)",
+         "seconds", "budget"], rows)]
+
+    avg_rows = []
+    for init in inits:
+        for method in methods:
+            entries = [e for e in results.values()
+                       if e["method"] == method and abs(e["init"] - init) < 1e-9]
+            if not entries:
+                continue
+            avg_rows.append([
+                f"{init:g}", method, len(entries),
+                common.fmt(float(np.mean([e["apsnr"] for e in entries]))),
+                common.fmt(_mean([e["landmark_error_percent"] for e in entries])),
+                common.fmt(float(np.mean([e["content_scale_median"] for e in entries])), 3),
+                common.fmt(float(np.sum([e["seconds"] for e in entries])), 1),
+            ])
+    text += ["", "### Averaged over subjects (seconds: summed)", "", common.markdown_table(
+        ["init", "method", "subjects", "APSNR dB", "landmark err. %", "scale", "seconds"],
+        avg_rows)]
+
+    table2 = []
+    for init in inits:
+        for method in methods:
+            cells = [results.get(entry_key(s, init, method)) for s in SUBJECTS]
+            if any(c is not None for c in cells):
+                table2.append([f"+{init:.0%}" if init else "VJ", f"{method} (here)"] + [
+                    "-" if c is None else common.fmt(c["landmark_error_percent"]) + "%"
+                    for c in cells])
+        for name in ("RASL", "DC", "Proposed"):
+            paper = PAPER_TABLE2.get((round(init, 2), name))
+            if paper:
+                table2.append([f"+{init:.0%}" if init else "VJ", f"{name} (paper)"]
+                              + [f"{v:.2f}%" for v in paper])
+    text += ["", "### Table 2 layout: landmark error, here and in the paper", "",
+             common.markdown_table(["init", "method", "S1 Bush", "S2 Capriati", "S3 Williams",
+                                    "S4 Blair"], table2)]
+    text += ["", "Landmark error: mean over the 3 landmarks (outer eye corners, nose tip) of "
+             "the mean distance to their mean position, over the mean eye-to-eye distance, in "
+             "the aligned frame. scale: median content scale (1 = as cropped, < 1 = zoomed "
+             "out/shrunk, > 1 = zoomed in)."]
+    return "\n".join(text)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def plot_panels(results, images, out_prefix, methods):
+    """One PNG per initialisation like Figs. 9-10: rows = subjects; columns =
+    the mean frame with the box in red, then each method's mean aligned crop
+    with its APSNR and landmark error. Returns the paths written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install -r benchmarks/requirements.txt)",
+              file=sys.stderr)
+        return []
+    paths = []
+    inits = sorted({e["init"] for e in results.values()})
+    for init in inits:
+        subjects = [s for s in SUBJECTS
+                    if any(entry_key(s, init, m) in results for m in methods)]
+        shown = [m for m in methods if any(entry_key(s, init, m) in results for s in subjects)]
+        if not subjects:
+            continue
+        cols = 1 + len(shown)
+        fig, axes = plt.subplots(len(subjects), cols, squeeze=False,
+                                 figsize=(1.45 * cols + 0.2, 1.6 * len(subjects) + 0.5))
+        for i, subject in enumerate(subjects):
+            ax = axes[i, 0]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            frame = images.get(f"{subject}/frame_mean")
+            if frame is not None:
+                ax.imshow(frame)
+                x0, y0, x1, y1 = box_corners(frame.shape[0], init)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor="red", linewidth=0.8))
+            ax.set_ylabel(subject.replace("_", " "), fontsize=6)
+            if i == 0:
+                ax.set_title("mean frame, init box", fontsize=6)
+            for j, method in enumerate(shown):
+                ax = axes[i, j + 1]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                key = entry_key(subject, init, method)
+                if key not in images:
+                    ax.set_axis_off()
+                    continue
+                ax.imshow(images[key])
+                e = results[key]
+                label = f"{LABELS.get(method, method)}\n" if i == 0 else ""
+                ax.set_title(f"{label}{common.fmt(e['apsnr'], 2)} dB, "
+                             f"{common.fmt(e['landmark_error_percent'], 2)}%", fontsize=6,
+                             pad=2)
+        fig.suptitle(f"LFW, init box +{init:.0%}: means (APSNR, landmark error)", fontsize=7)
+        fig.subplots_adjust(wspace=0.05, hspace=0.3, top=0.88, left=0.06, right=0.99,
+                            bottom=0.02)
+        path = f"{out_prefix}_init{init:g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(results, images, methods, prefix, log):
+    text = tables(results, methods)
+    tmp = f"{prefix}_tables.md.tmp"
+    Path(tmp).write_text(text + "\n")
+    os.replace(tmp, f"{prefix}_tables.md")
+    print(text)
+    for path in plot_panels(results, images, prefix, methods):
+        log(f"wrote {path}")
+
+
+# === Command line ===
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.lfw",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage:", 1)[1],
+    )
+    parser.add_argument("--data", default=None,
+                        help="the lfw4 folder (default: $KERAS_CONGEAL_DATA/lfw4, then "
+                             "../shared/data/lfw4)")
+    parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS),
+                        help="subject folders (default: the paper's four)")
+    parser.add_argument("--inits", type=float, nargs="+", default=[0.0, 0.15, 0.30],
+                        help="box enlargements (default: 0 0.15 0.30, the paper's)")
+    parser.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        metavar="METHOD",
+                        help=f"some of {', '.join(METHODS)} (default: "
+                             f"{' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="keras_congeal epochs (default: CongealSettings' own, 30)")
+    parser.add_argument("--min-steps", type=int, default=0,
+                        help="raise a cell's epochs until it trains at least this many "
+                             "batches (small subjects have 1 batch an epoch; default 0)")
+    parser.add_argument("--monitor-size", type=int, default=128,
+                        help="images whose APSNR/scale fit_congealer logs each epoch "
+                             "(default 128; 0: none)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first N frames of each subject (default: all)")
+    parser.add_argument("--rasl-max-iter", type=int, default=1000,
+                        help="RASL outer iterations at most (default 1000, rasl's own)")
+    parser.add_argument("--rasl-stop-delta", type=float, default=0.005,
+                        help="RASL stopping threshold (default 0.005, the baseline's)")
+    parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
+    parser.add_argument("--name", default="lfw",
+                        help="file name prefix of the outputs (default: lfw)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the results file, skipping finished entries")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild the tables and figures from the results file")
+    parser.add_argument("--backend-note", default=None,
+                        help="free text stored with the run (e.g. 'shared 2-core CPU')")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; expected some of {list(METHODS)}")
+    args.methods = [m for m in METHODS if m in args.methods]
+    if args.size < 8:
+        parser.error(f"--size must be at least 8, received {args.size}")
+    if any(not 0 <= i < 1.2 for i in args.inits):
+        parser.error(f"--inits must be in [0, 1.2) (the box must fit the frame), "
+                     f"received {args.inits}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    if args.limit is not None and args.limit < 2:
+        parser.error("--limit must be at least 2")
+    if args.rasl_max_iter < 1:
+        parser.error("--rasl-max-iter must be >= 1")
+    if "/" in args.name or not args.name.startswith("lfw"):
+        parser.error(f"--name must be a file name starting with 'lfw', received {args.name!r}")
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = str(out_dir / args.name)
+    path = Path(prefix + ".json")
+    images_path = prefix + "_means.npz"
+    if args.report_only:
+        if not path.exists():
+            parser.error(f"--report-only: {path} does not exist")
+        report(common.read_json(path)["results"], _load_images(images_path), args.methods,
+               prefix, log)
+        return 0
+    try:
+        data_dir = resolve_lfw(args.data)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    missing = [s for s in args.subjects if not (data_dir / s).is_dir()]
+    if missing:
+        parser.error(f"no folder for --subjects {missing} in {data_dir}")
+
+    config = {
+        "size": args.size, "limit": args.limit,
+        "congeal_settings": congeal_settings(args).to_dict(),
+        "congeal_min_steps": args.min_steps,
+        "congeal_epochs_overridden": args.epochs is not None,
+        "rasl": {"stop_delta": args.rasl_stop_delta, "max_iter": args.rasl_max_iter,
+                 "input": "greyscale crops", "resample": "bilinear", "min_ink": 1.0,
+                 "blas_threads": 1},
+        "landmarks": list(LANDMARKS), "landmark_scale": LANDMARK_SCALE,
+        "viola_jones_enlargement": VIOLA_JONES_ENLARGEMENT,
+    }
+    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note)
+    run.update(subjects=args.subjects, inits=args.inits, methods=args.methods,
+               data=str(data_dir))
+    try:
+        store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)
+    except ValueError as error:
+        parser.error(str(error))
+    store.images_path = images_path
+    store.images = _load_images(images_path) if args.resume else {}
+    store.set("measures", {
+        "apsnr": "Eq. 9 on the 0..255 scale over the aligned RGB crops, MSE averaged over "
+                 "pixels and channels (keras_congeal.metrics.ImageStats)",
+        "landmark_error_percent": "Table 2: for canthus_rr, canthus_ll and nose (frame "
+                                  "coordinates = landmarks.tsv x 0.6) mapped into the aligned "
+                                  "crop by inv(B @ T_i), the mean distance to their mean, "
+                                  "averaged over the 3 landmarks, / mean eye-to-eye distance",
+        "content_scale_median": "median of 1/sqrt|det J| of T_i at the crop centre "
+                                "(metrics.content_scale): < 1 zoom-out, > 1 zoom-in",
+        "crop_matrix": "B, pixel src_from_dst crop -> 150x150 frame (x = column, y = row, "
+                       "pixel centres at integers); crop edges meet the box edges",
+        "seconds": "wall clock of the method on this machine (keras_congeal: fit + align; "
+                   "rasl: RASL + the final RGB warp)",
+    })
+    landmarks = read_landmarks(data_dir)
+    log(f"LFW: {data_dir}; writing {path}")
+    for subject in args.subjects:
+        frames, names = load_subject(data_dir, subject, args.limit)
+        store.images[f"{subject}/frame_mean"] = np.clip(
+            np.round(frames.astype("float64").mean(axis=0)), 0, 255).astype(np.uint8)
+        for init in args.inits:
+            run_cell(store, frames, names, landmarks, subject, init, args, log)
+    common.write_npz_atomic(store.images_path, store.images)
+    store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    report(store.results, store.images, args.methods, prefix, log)
+    return 0
+
+
+def _load_images(path):
+    if not os.path.exists(path):
+        return {}
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
