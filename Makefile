@@ -13,10 +13,10 @@ EXTRAS ?= tensorflow-cpu,jax,export,test
 
 .PHONY: demo test test-tensorflow test-jax test-serving test-benchmarks clean
 
-$(VENV)/.installed: pyproject.toml benchmarks/baselines/requirements.txt
+$(VENV)/.installed: pyproject.toml benchmarks/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[$(EXTRAS)]" -r benchmarks/baselines/requirements.txt
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[$(EXTRAS)]" -r benchmarks/requirements.txt
 	touch $@
 
 $(SERVING_VENV)/.installed: serving/pyproject.toml
