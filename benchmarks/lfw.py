@@ -9,7 +9,7 @@ aligns the same crops:
 * `input`: no alignment (the initialisation itself);
 * `keras_congeal`: `fit_congealer` with `CongealSettings(preset="lfw")`
   (the package's defaults otherwise; `--epochs`/`--min-steps` change the
-  optimisation budget and are recorded);
+  optimisation budget, `--setting KEY=VALUE` any other setting; all recorded);
 * `rasl`, `rasl-similarity`, `rasl-affine`: RASL (`benchmarks.baselines.run_rasl`,
   Euclidean by default as its README says) on the greyscale crops (the
   `rasl` package aligns one-channel images); its transforms then warp the
@@ -52,6 +52,10 @@ Usage:
 
     # A CPU budget: fewer epochs, but at least 40 steps for the small subjects.
     python -m benchmarks.lfw --epochs 4 --min-steps 40 --resume
+
+    # Other keras_congeal settings, in their own files:
+    python -m benchmarks.lfw --setting transform=similarity --setting learning_rate=1e-4 \\
+        --methods input keras_congeal --name lfw_similarity
 
     # Two subjects, the first 50 images of each, no RASL:
     python -m benchmarks.lfw --subjects Serena_Williams Tony_Blair --limit 50 \\
@@ -298,7 +302,28 @@ def congeal_settings(args):
     settings = CongealSettings(preset="lfw")
     if args.epochs is not None:
         settings = settings.replace(epochs=args.epochs)
-    return settings
+    return settings.replace(**dict(args.setting))
+
+
+def _parse_setting(text):
+    """`KEY=VALUE` of `--setting`: VALUE read as JSON when it parses, else a string."""
+    import dataclasses
+    import json
+
+    from keras_congeal.settings import CongealSettings
+
+    key, sep, value = text.partition("=")
+    fields = sorted(f.name for f in dataclasses.fields(CongealSettings)
+                    if f.name not in ("preset", "epochs"))
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY one of {fields} (epochs: --epochs), "
+            f"received {text!r}")
+    try:
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    return key, value
 
 
 def _cell_epochs(settings, n, min_steps):
@@ -600,6 +625,11 @@ def _parser():
                              f"{' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=None,
                         help="keras_congeal epochs (default: CongealSettings' own, 30)")
+    parser.add_argument("--setting", type=_parse_setting, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a CongealSettings field for keras_congeal, e.g. "
+                             "transform=similarity or learning_rate=1e-4 (repeatable; "
+                             "recorded in the JSON's config)")
     parser.add_argument("--min-steps", type=int, default=0,
                         help="raise a cell's epochs until it trains at least this many "
                              "batches (small subjects have 1 batch an epoch; default 0)")
@@ -638,6 +668,10 @@ def main(argv=None) -> int:
                      f"received {args.inits}")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    try:
+        congeal_settings(args)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--setting: {error}")
     if args.limit is not None and args.limit < 2:
         parser.error("--limit must be at least 2")
     if args.rasl_max_iter < 1:

@@ -206,6 +206,16 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     assert resumed["results"] == result["results"]
 
 
+def test_setting_overrides_are_parsed_and_checked(tmp_path):
+    assert lfw._parse_setting("transform=similarity") == ("transform", "similarity")
+    assert lfw._parse_setting("learning_rate=1e-4") == ("learning_rate", 1e-4)
+    for bad in ("foo=1", "epochs=3", "transform"):
+        with pytest.raises(SystemExit):
+            lfw.main(["--setting", bad, "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        lfw.main(["--setting", "learning_rate=-1", "--output-dir", str(tmp_path)])
+
+
 def test_command_line_errors(tmp_path):
     with pytest.raises(SystemExit):
         lfw.main(["--methods", "nope", "--output-dir", str(tmp_path)])
