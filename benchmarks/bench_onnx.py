@@ -191,8 +191,9 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    record = common.run_record(argv if argv is not None else sys.argv[1:],
-                               note=args.backend_note)
+    record = common.run_record(
+        argv if argv is not None else sys.argv[1:], module="benchmarks.bench_onnx",
+        note=args.backend_note)
     try:
         source, export_info, results = run(args, log)
     except ValueError as error:

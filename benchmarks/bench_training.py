@@ -149,8 +149,9 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    record = common.run_record(argv if argv is not None else sys.argv[1:],
-                               note=args.backend_note)
+    record = common.run_record(
+        argv if argv is not None else sys.argv[1:], module="benchmarks.bench_training",
+        note=args.backend_note)
     log(f"backend {record['keras']['backend']} on {record['keras']['devices']}")
     settings, shape, results = run(args, log)
     data = {

@@ -140,14 +140,23 @@ def keras_backend_info():
     return {"backend": backend, "devices": devices, "floatx": keras.backend.floatx()}
 
 
-def run_record(argv=None, with_keras=True, note=None):
-    """Everything that identifies a run: command, machine, versions, time."""
+def run_record(argv=None, with_keras=True, note=None, module=None):
+    """Everything that identifies a run: command, machine, versions, time.
+
+    Args:
+        argv: the arguments (default `sys.argv[1:]`).
+        with_keras: bool. Also record the Keras backend and its devices
+            (imports Keras).
+        note: str or None, free text (`--backend-note`).
+        module: str, the entry point (`"benchmarks.scalability"`) for the
+            recorded command; default: the script `sys.argv[0]`.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "?"
+    entry = ["-m", module] if module else sys.argv[:1]
     record = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *argv]),
-        "argv": list(argv),
-        "entry": module,
+        "command": " ".join(shlex.quote(a) for a in ["python", *entry, *argv]),
+        "python_executable": sys.executable,
+        "cwd": os.getcwd(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "machine": machine_info(),

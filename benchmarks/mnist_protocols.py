@@ -469,7 +469,9 @@ def main(argv=None) -> int:
         store = _ReportView(path)
         report(store, args.methods, prefix, log)
         return 0
-    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note)
+    run = common.run_record(
+        argv if argv is not None else sys.argv[1:], module="benchmarks.mnist_protocols",
+        note=args.backend_note)
     run.update(digits=args.digits, sigmas=args.sigmas, methods=args.methods)
     try:
         store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)

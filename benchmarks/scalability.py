@@ -390,8 +390,9 @@ def main(argv=None) -> int:
     # The parent never imports Keras: a child's ru_maxrss starts from its
     # parent's resident size at fork (Linux keeps it across exec), so a parent
     # holding TensorFlow would pollute every child's peak.
-    run = common.run_record(argv if argv is not None else sys.argv[1:], with_keras=False,
-                            note=args.backend_note)
+    run = common.run_record(
+        argv if argv is not None else sys.argv[1:], module="benchmarks.scalability",
+        with_keras=False, note=args.backend_note)
     run.update(ns=ns, methods=methods, budget_s=budget, timeout_s=timeout)
     try:
         store = common.ResultStore(f"{prefix}.json", SCHEMA, config, run, resume=args.resume)
