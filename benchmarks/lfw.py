@@ -712,7 +712,8 @@ def main(argv=None) -> int:
         "landmarks": list(LANDMARKS), "landmark_scale": LANDMARK_SCALE,
         "viola_jones_enlargement": VIOLA_JONES_ENLARGEMENT,
     }
-    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note)
+    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note,
+                            module="benchmarks.lfw")
     run.update(subjects=args.subjects, inits=args.inits, methods=args.methods,
                data=str(data_dir))
     try:
