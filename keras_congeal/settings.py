@@ -30,6 +30,8 @@ class CongealSettings:
             loss; see `Congealer`).
         distortion_blur: Gaussian sigma (pixels) applied to both sides of
             the distortion loss (0 = none).
+        scale_weight: weight of the scale anchor, which keeps the set's
+            average scale at the input's (0 = none; see `Congealer`).
         seed: seeds Keras, NumPy and the reference sample.
     """
 
@@ -47,6 +49,7 @@ class CongealSettings:
     code_size: int | None = None
     ink_weight: float = 1.0
     distortion_blur: float = 0.0
+    scale_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -58,6 +61,7 @@ class CongealSettings:
             (self.gamma >= 0, "gamma", "a number >= 0"),
             (self.ink_weight >= 0, "ink_weight", "a number >= 0"),
             (self.distortion_blur >= 0, "distortion_blur", "a number >= 0"),
+            (self.scale_weight >= 0, "scale_weight", "a number >= 0"),
             (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
         ]
         for ok, name, expected in checks:

@@ -45,6 +45,7 @@ def _build(settings, reference, strategy):
         lam=settings.lam,
         ink_weight=settings.ink_weight,
         distortion_blur=settings.distortion_blur,
+        scale_weight=settings.scale_weight,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),

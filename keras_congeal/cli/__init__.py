@@ -68,6 +68,7 @@ SETTING_FLAGS = {
     "code_size": "--code-size",
     "ink_weight": "--ink-weight",
     "distortion_blur": "--distortion-blur",
+    "scale_weight": "--scale-weight",
     "seed": "--seed",
 }
 
@@ -135,6 +136,9 @@ def _add_settings(parser):
         "distortion_blur": ({"type": float, "metavar": "SIGMA"},
                             "Gaussian blur (pixels) of both sides of the distortion (0: none)",
                             None),
+        "scale_weight": ({"type": float, "metavar": "W"},
+                         "weight of the scale anchor: keeps the set's mean scale (0: none)",
+                         None),
         "seed": ({"type": int}, "seeds Keras, NumPy and the reference sample", None),
     }
     missing = set(SETTING_FLAGS) ^ {f.name for f in dataclasses.fields(CongealSettings)}

@@ -25,6 +25,13 @@ class Congealer(keras.Model):
       between each aligned image and the reference image (Eq. 5);
     * `C`, the complexity: the penalised auto-encoder's loss on the aligned
       batch (Eq. 7; see `PenalisedAutoencoder`);
+    * `S`, the **scale anchor** (another deviation): `(mean_i log|det J_i|)^2`,
+      `J_i` the Jacobian of warp `i` at the image centre. Joint alignment is
+      only defined up to one transform common to all images; on images whose
+      content fills the frame (faces) the set drifts towards a common zoom-in,
+      which lowers `D` and `C` without aligning anything. `S` fixes the
+      average scale of the set to the input's while leaving each image free
+      to scale. `scale_weight=0` removes it.
     * `K`, the **ink-preservation** penalty, a deviation from the paper:
       `mean_i log(sum(aligned_i) / sum(input_i))^2`. Without it, `D` and `C`
       are both lowered by shrinking the content or warping it out of the
@@ -45,6 +52,9 @@ class Congealer(keras.Model):
         lam: float. `lambda` of Eq. (8). Defaults to 1.
         ink_weight: float. `mu`, the weight of the ink-preservation penalty.
             Defaults to 1.
+        scale_weight: float. Weight of the scale anchor `S`. Defaults to 0.
+        distortion_blur: float. Gaussian sigma (pixels) applied to both the
+            aligned images and the reference inside `D`. Defaults to 0.
 
     Call returns a dict: `"aligned"` (B, H, W, C), `"params"` (B, n) and the
     per-image terms `"distortion"`, `"complexity"` and `"ink_log_ratio"` (B,).
@@ -68,6 +78,7 @@ class Congealer(keras.Model):
         lam=1.0,
         ink_weight=1.0,
         distortion_blur=0.0,
+        scale_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -94,6 +105,7 @@ class Congealer(keras.Model):
         self.lam = float(lam)
         self.ink_weight = float(ink_weight)
         self.distortion_blur = float(distortion_blur)
+        self.scale_weight = float(scale_weight)
         self.image_shape = tuple(int(v) for v in reference.shape)
         self.transform = aligner.transform
         if self.autoencoder is not None:
@@ -172,6 +184,11 @@ class Congealer(keras.Model):
             self.add_loss(ops.mean(distortion))
         if self.ink_weight:
             self.add_loss(self.ink_weight * ops.mean(ops.square(ink_log_ratio)))
+        if self.scale_weight:
+            log_area = geometry.log_area_change(
+                geometry.params_to_matrix(params, self.transform)
+            )
+            self.add_loss(self.scale_weight * ops.square(ops.mean(log_area)))
         if self.autoencoder is not None:
             terms = self.autoencoder(aligned)  # adds lam * C itself
             complexity = terms["reconstruction_error"] + terms["penalty"]
@@ -268,6 +285,7 @@ class Congealer(keras.Model):
             "lam": self.lam,
             "ink_weight": self.ink_weight,
             "distortion_blur": self.distortion_blur,
+            "scale_weight": self.scale_weight,
         }
         return {**super().get_config(), **config}
 

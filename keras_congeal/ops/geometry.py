@@ -46,6 +46,7 @@ __all__ = [
     "pixel_grid",
     "apply_matrix",
     "transform_points",
+    "log_area_change",
     "PERSPECTIVE_EPSILON",
 ]
 
@@ -248,6 +249,23 @@ def transform_points(matrix, points):
     homogeneous = ops.concatenate([points, ones], axis=-1)
     mapped = ops.einsum("bij,bkj->bki", matrix, homogeneous)
     return mapped[..., :2] / _clamp_w(mapped[..., 2:])
+
+
+def log_area_change(matrix):
+    """`log |det J|` of matrices (B, 3, 3) at the origin (the image centre in
+    normalised coordinates): how much each transform magnifies areas there.
+
+    For a `src_from_dst` matrix, a positive value means the output samples a
+    larger region of the input, i.e. the content is shrunk.
+    """
+    m = ops.reshape(matrix, (-1, 9))
+    w = _clamp_w(m[:, 8])
+    # Jacobian of (x'/w', y'/w') at (0, 0): (A w - t g^T) / w^2.
+    j00 = (m[:, 0] * w - m[:, 2] * m[:, 6]) / w**2
+    j01 = (m[:, 1] * w - m[:, 2] * m[:, 7]) / w**2
+    j10 = (m[:, 3] * w - m[:, 5] * m[:, 6]) / w**2
+    j11 = (m[:, 4] * w - m[:, 5] * m[:, 7]) / w**2
+    return ops.log(ops.maximum(ops.abs(j00 * j11 - j01 * j10), 1e-12))
 
 
 def _clamp_w(w):

@@ -175,3 +175,18 @@ def test_content_scale_of_known_transforms():
     # src_from_dst scaling by 2 shrinks the content by 2.
     t = np.array([np.diag([2.0, 2.0, 1.0]), np.eye(3)])
     np.testing.assert_allclose(content_scale(t, (28, 28)), [0.5, 1.0])
+
+
+def test_scale_anchor_loss():
+    from keras_congeal.ops import geometry
+
+    # A src_from_dst scaling by 2 (content shrunk by 2) has log|det J| = log 4.
+    m = np.array([np.diag([2.0, 2.0, 1.0]), np.eye(3)], "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(geometry.log_area_change(m)),
+                               [np.log(4.0), 0.0], atol=1e-6)
+    images, _ = blobs(4)
+    model = small_congealer(images[0], transform="affine", objective="D", ink_weight=0.0,
+                            scale_weight=2.0)
+    model(images)
+    assert len(model.losses) == 2  # D and the scale anchor (zero at the identity)
+    np.testing.assert_allclose(float(model.losses[1]), 0.0, atol=1e-7)
