@@ -135,11 +135,13 @@ def _run_congealer(objective):
         fit_seconds = time.perf_counter() - start
         result = model.align(x[..., None], batch_size=256)
         history = {k: [float(v) for v in values] for k, values in history.history.items()}
+        reference = np.asarray(keras.ops.convert_to_numpy(model.reference))[..., 0]
         keras.backend.clear_session()
         return {
             "aligned": result["aligned"][..., 0], "transforms": result["transforms"],
-            "mask": None,
+            "mask": None, "reference": reference,
             "extra": {
+                "reference_index": _index_of(x, reference),
                 "settings": settings.to_dict(),
                 "fit_seconds": fit_seconds,
                 "train_images_per_second": settings.epochs * len(x) / fit_seconds,
@@ -150,6 +152,11 @@ def _run_congealer(objective):
         }
 
     return run
+
+
+def _index_of(images, image):
+    """Index of the image of `images` closest to `image` (the reference's)."""
+    return int(np.argmin(np.abs(images - image[None]).reshape(len(images), -1).sum(axis=1)))
 
 
 RUNNERS = {
@@ -220,6 +227,9 @@ def run_cell(store, images, digit, sigma, args, log):
         store.put(key, entry)
         store.images[f"{key}/mean"] = mean
         store.images[f"{key}/var"] = var
+        if output.get("reference") is not None:
+            # Every keras_congeal objective of a cell aligns to the same image.
+            store.images[f"digit{digit}/sigma{sigma:g}/kc-reference"] = output["reference"]
         common.write_npz_atomic(store.images_path, store.images)
         done.append(key)
         log(f"digit {digit} sigma {sigma:g} {method:15s} APSNR {entry['apsnr']:6.2f} dB  "
@@ -334,9 +344,11 @@ def plot_panels(results, images, out_prefix, methods):
                      if any(entry_key(d, sigma, m) in results for d in digits)]
             if not shown or (name and len(shown) < 2):
                 continue
-            cols = len(shown) * len(kinds)
+            has_reference = any(
+                f"digit{d}/sigma{sigma:g}/kc-reference" in images for d in digits)
+            cols = len(shown) * len(kinds) + int(has_reference)
             fig, axes = plt.subplots(len(digits), cols, squeeze=False,
-                                     figsize=(0.9 * cols + 0.4, 0.95 * len(digits) + 0.6))
+                                     figsize=(0.8 * cols + 0.2, 0.95 * len(digits) + 0.8))
             for i, digit in enumerate(digits):
                 # One variance scale per row, so that the methods compare.
                 vmax = max((float(images[f"{entry_key(digit, sigma, m)}/var"].max())
@@ -348,21 +360,35 @@ def plot_panels(results, images, out_prefix, methods):
                         ax = axes[i, j * len(kinds) + k]
                         ax.set_xticks([])
                         ax.set_yticks([])
+                        if i == 0 and k == 0:
+                            ax.text(0.5 * len(kinds), 1.25, LABELS.get(method, method),
+                                    transform=ax.transAxes, ha="center", va="bottom",
+                                    fontsize=6, weight="bold")
                         if f"{key}/{kind}" not in images:
                             ax.set_axis_off()
                             continue
                         ax.imshow(images[f"{key}/{kind}"], cmap="gray",
                                   vmin=0, vmax=1 if kind == "mean" else vmax)
                         if k == 0:
-                            e = results[key]
-                            ax.set_title(f"{common.fmt(e['apsnr'], 1)}", fontsize=6, pad=1)
-                        if i == 0 and k == 0:
-                            ax.text(0.5 * len(kinds), 1.35, LABELS.get(method, method),
-                                    transform=ax.transAxes, ha="center", fontsize=6)
+                            apsnr = common.fmt(results[key]["apsnr"], 1)
+                            ax.set_title(f"{apsnr} dB", fontsize=6, pad=1)
+                if has_reference:
+                    ax = axes[i, -1]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if i == 0:
+                        ax.text(0.5, 1.25, "KC reference", transform=ax.transAxes,
+                                ha="center", va="bottom", fontsize=6, weight="bold")
+                    reference = images.get(f"digit{digit}/sigma{sigma:g}/kc-reference")
+                    if reference is None:
+                        ax.set_axis_off()
+                    else:
+                        ax.imshow(reference, cmap="gray", vmin=0, vmax=1)
             what = "variance" if name else "mean | variance"
-            fig.suptitle(f"perspective sigma {sigma:g}: {what} per method "
-                         "(APSNR dB above)", fontsize=7)
-            fig.subplots_adjust(wspace=0.05, hspace=0.35, top=0.9)
+            fig.text(0.5, 0.995, f"perspective sigma {sigma:g}: {what} per method, one row "
+                     "per digit (APSNR above)", ha="center", va="top", fontsize=7)
+            fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                                top=1 - 0.75 / fig.get_figheight(), wspace=0.05, hspace=0.3)
             path = f"{out_prefix}_sigma{sigma:g}{name}.png"
             fig.savefig(path, dpi=130)
             plt.close(fig)
