@@ -140,6 +140,22 @@ def keras_backend_info():
     return {"backend": backend, "devices": devices, "floatx": keras.backend.floatx()}
 
 
+def portable_path(path):
+    """A path as it may be published: relative to the working directory
+    when it lies under it or next to it (`../shared/data`), else only its
+    last two components after `.../`; results files carry no machine's
+    absolute paths."""
+    path = os.path.abspath(str(path))
+    relative = os.path.relpath(path, os.getcwd())
+    if not relative.startswith(os.pardir + os.sep + os.pardir):
+        return relative
+    return "/".join(["...", *Path(path).parts[-2:]])
+
+
+def _portable_arg(arg):
+    return portable_path(arg) if os.path.isabs(arg) else arg
+
+
 def run_record(argv=None, with_keras=True, note=None, module=None):
     """Everything that identifies a run: command, machine, versions, time.
 
@@ -151,12 +167,10 @@ def run_record(argv=None, with_keras=True, note=None, module=None):
         module: str, the entry point (`"benchmarks.scalability"`) for the
             recorded command; default: the script `sys.argv[0]`.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    entry = ["-m", module] if module else sys.argv[:1]
+    argv = [_portable_arg(a) for a in (sys.argv[1:] if argv is None else list(argv))]
+    entry = ["-m", module] if module else [portable_path(sys.argv[0])]
     record = {
         "command": " ".join(shlex.quote(a) for a in ["python", *entry, *argv]),
-        "python_executable": sys.executable,
-        "cwd": os.getcwd(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "machine": machine_info(),

@@ -715,7 +715,7 @@ def main(argv=None) -> int:
     run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note,
                             module="benchmarks.lfw")
     run.update(subjects=args.subjects, inits=args.inits, methods=args.methods,
-               data=str(data_dir))
+               data=common.portable_path(data_dir))
     try:
         store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)
     except ValueError as error:

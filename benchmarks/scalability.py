@@ -15,7 +15,8 @@ how the method scales:
   by construction; the per-epoch time after the first (which includes tracing
   and compilation) is reported separately.
 * `lsc`: least-squares congealing (affine, `run_lsc` defaults), run to its
-  own convergence.
+  own convergence; its unit of work is one Gauss-Newton iteration over all
+  images (the count varies with the data).
 * `rasl`: RASL (Euclidean), a fixed number of outer iterations
   (`--rasl-iterations`; its stopping rule disabled) so that runs of different
   N do the same work; each iteration is ~55-60 SVDs of a 784 x N matrix.
@@ -106,8 +107,8 @@ def _worker(args):
         }
     elif args.worker == "lsc":
         result = run_lsc(images, transform="affine")
-        extra = {"iterations": result["iterations"], "work_unit": "run to convergence",
-                 "units": 1}
+        extra = {"iterations": result["iterations"],
+                 "work_unit": "Gauss-Newton iteration", "units": result["iterations"]}
     else:
         result = run_rasl(images, transform="euclidean", max_iter=args.rasl_iterations,
                           stop_delta=float("-inf"))
@@ -256,6 +257,23 @@ def _key(method, n):
     return f"{method}/n{n}"
 
 
+def per_unit(result):
+    """Seconds per unit of work: a steady epoch (after the compiling first
+    one) for keras_congeal, a Gauss-Newton iteration over all images for
+    LSC, an outer iteration for RASL."""
+    if result["method"] == "keras_congeal":
+        return result["steady_epoch_seconds"]
+    if result["method"] == "lsc":
+        return result["seconds"] / max(1, result["iterations"])
+    return result["seconds_per_unit"]
+
+
+def work(result):
+    if result["method"] == "lsc":
+        return f"{result['iterations']} GN iterations"
+    return f"{result.get('units')} x {result.get('work_unit')}"
+
+
 def table(results, methods, ns):
     rows = []
     for method in methods:
@@ -265,21 +283,23 @@ def table(results, methods, ns):
             if r is None:
                 continue
             if r.get("status") != "ok":
-                rows.append([method, n, r.get("status"), "-", "-", "-", "-", "-", "-"])
+                rows.append([method, n, r.get("status"), *["-"] * 8])
                 continue
             rel = r["seconds"] / base["seconds"] if base and base.get("status") == "ok" else None
-            rel_unit = (r["seconds_per_unit"] / base["seconds_per_unit"]
+            rel_unit = (per_unit(r) / per_unit(base)
                         if base and base.get("status") == "ok" else None)
             rows.append([
-                method, n, common.fmt(r["seconds"], 1), common.fmt(rel), common.fmt(rel_unit),
-                f"{r.get('units')} x {r.get('work_unit')}",
+                method, n, common.fmt(r["seconds"], 1), common.fmt(rel),
+                common.fmt(per_unit(r), 2), common.fmt(1000 * per_unit(r) / n, 2),
+                common.fmt(rel_unit), work(r),
                 common.fmt(r["peak_rss_bytes"] / 2**20, 0),
                 common.fmt((r.get("vm_hwm_bytes") or 0) / 2**20, 0),
                 common.fmt((r.get("peak_rss_above_import_bytes") or 0) / 2**20, 0),
             ])
     return common.markdown_table(
-        ["method", "N", "seconds", "time / time(1000)", "per unit / per unit(1000)", "work",
-         "ru_maxrss MiB", "VmHWM MiB", "above imports MiB"], rows)
+        ["method", "N", "seconds", "time / time(1000)", "s per unit", "ms per unit and image",
+         "per unit / at 1000",
+         "work", "ru_maxrss MiB", "VmHWM MiB", "above imports MiB"], rows)
 
 
 def plot(results, methods, ns, path):
@@ -299,15 +319,16 @@ def plot(results, methods, ns, path):
             continue
         n_values = np.array([n for n, _ in points], float)
         seconds = np.array([r["seconds"] for _, r in points])
-        per_unit = np.array([r["seconds_per_unit"] for _, r in points])
+        unit = np.array([per_unit(r) for _, r in points])
         memory = np.array([r["peak_rss_bytes"] / 2**20 for _, r in points])
         base = results.get(_key(method, 1000))
         if base and base.get("status") == "ok":
-            axes[0].plot(n_values, per_unit / base["seconds_per_unit"], "o-", label=method)
+            axes[0].plot(n_values, unit / per_unit(base), "o-", label=method)
         axes[1].plot(n_values, seconds, "o-", label=method)
         axes[2].plot(n_values, memory, "o-", label=method)
     axes[0].plot([1000, max(ns)], [1, max(ns) / 1000], "k:", label="linear")
-    axes[0].set(title="time per unit of work / at N=1000", xlabel="N", ylabel="relative")
+    axes[0].set(title="time per unit of work, relative to N=1000", xlabel="N",
+                ylabel="relative", xscale="log", yscale="log")
     axes[1].set(title="absolute wall time", xlabel="N", ylabel="seconds", xscale="log",
                 yscale="log")
     axes[2].set(title="peak RSS of the process", xlabel="N", ylabel="MiB", xscale="log")
@@ -347,6 +368,8 @@ def _parser():
     parser.add_argument("--mnist", default=None)
     parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild the table and plot from the results file")
     parser.add_argument("--backend-note", default=None)
     # Internal: one method in a child process.
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -385,6 +408,12 @@ def main(argv=None) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / f"scalability_{args.mode}"
+    if args.report_only:
+        if not Path(f"{prefix}.json").exists():
+            parser.error(f"--report-only: {prefix}.json does not exist")
+        data = common.read_json(f"{prefix}.json")
+        report(data["results"], data.get("stopped", {}), prefix, log)
+        return 0
     config = {"mode": args.mode, "digit": args.digit, "seed": args.seed, "epochs": args.epochs,
               "rasl_iterations": args.rasl_iterations}
     # The parent never imports Keras: a child's ru_maxrss starts from its
@@ -443,15 +472,23 @@ def main(argv=None) -> int:
                 log(f"{method} N={n}: {result['seconds']:.1f} s, peak RSS "
                     f"{result['peak_rss_bytes'] / 2**20:.0f} MiB")
     store.set("stopped", stopped)
-    text = table(store.results, methods, ns)
+    report(store.results, stopped, prefix, log)
+    return 0
+
+
+def report(results, stopped, prefix, log):
+    """Prints and writes the table and the plot of everything in `results`
+    (earlier --resume runs too)."""
+    ns = sorted({int(key.split("/n")[1]) for key in results})
+    methods = [m for m in METHODS if any(k.startswith(m + "/") for k in results)]
+    text = table(results, methods, ns)
     if stopped:
         text += "\n\n" + "\n".join(f"- {m}: {why}" for m, why in stopped.items())
     print(text)
     Path(f"{prefix}_table.md").write_text(text + "\n")
-    path = plot(store.results, methods, ns, f"{prefix}.png")
+    path = plot(results, methods, ns, f"{prefix}.png")
     if path:
         log(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,3 +51,19 @@ def test_bench_onnx_schema(tmp_path):
     assert data["export"]["op_counts"].get("GridSample", 0) >= 1
     assert all(r["images_per_second"] > 0 for r in data["results"])
     assert max(v["aligned_max_abs_diff"] for v in data["export"]["parity"].values()) < 1e-4
+
+
+def test_run_record_carries_no_absolute_paths(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    assert common.portable_path(tmp_path / "work" / "a.npz") == "work/a.npz"
+    assert common.portable_path(tmp_path.parent / "data") == "../data"
+    assert common.portable_path("/opt/somewhere/deep/x.json") == ".../deep/x.json"
+    record = common.run_record(
+        ["--output-dir", str(tmp_path / "out"), "--mnist", "/opt/data/mnist.npz", "--n", "5"],
+        with_keras=False, module="benchmarks.mnist_protocols")
+    assert record["command"] == (
+        "python -m benchmarks.mnist_protocols --output-dir out --mnist .../data/mnist.npz --n 5")
+    assert str(tmp_path) not in json.dumps(record)
