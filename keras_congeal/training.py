@@ -21,7 +21,8 @@ __all__ = ["CongealSettings", "build_congealer", "fit_congealer"]
 
 
 def build_congealer(settings, reference, strategy=None):
-    """A compiled `Congealer` for `settings`, aligning to `reference` (H, W, C).
+    """A built and compiled `Congealer` for `settings`, aligning to `reference`
+    (H, W, C).
 
     With a `tf.distribute` `strategy` (e.g. `MirroredStrategy` over the GPUs),
     the model and its optimizer are created in its scope, and XLA compilation
@@ -47,6 +48,10 @@ def _build(settings, reference, strategy):
         distortion_blur=settings.distortion_blur,
         scale_weight=settings.scale_weight,
     )
+    # Built now (the reference has the images' shape), so that callbacks
+    # that restore weights before the first batch, such as
+    # `BackupAndRestore`, work with a fresh model.
+    model.build((None, *reference.shape))
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
         jit_compile=False if strategy is not None else "auto",

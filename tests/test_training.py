@@ -66,6 +66,27 @@ def test_fit_congealer_improves_perturbed_mnist(data_dir):
     assert 0.85 < summary["content_scale_median"] < 1.15, summary
 
 
+def test_fit_congealer_resumes_with_backup_and_restore(tmp_path):
+    """A fresh model is built before `fit`, so Keras' `BackupAndRestore`
+    restores a killed run: the second call trains only the missing epoch,
+    from the saved weights."""
+    rng = np.random.default_rng(0)
+    images = (rng.random((24, 28, 28)) * 255).astype("uint8")
+    settings = CongealSettings(objective="D", batch_size=8, epochs=1)
+    backup = str(tmp_path / "backup")
+
+    def fit(epochs):
+        return fit_congealer(
+            images, settings.replace(epochs=epochs), monitor_size=0, verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+
+    first, history = fit(1)
+    assert first.built and len(history.history["loss"]) == 1
+    resumed, history = fit(2)
+    assert len(history.history["loss"]) == 1  # epoch 2 only
+    assert history.epoch == [1]
+
+
 _MIRRORED = """
 import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
