@@ -36,7 +36,7 @@ except ImportError:  # run as a script: python benchmarks/million.py
 
 SCHEMA = "keras_congeal.million/1"
 PROTOCOLS = ("infimnist", "affnist", "perspective")
-BLOCK = 65536  # images generated (and aligned) per step
+BLOCK = 16384  # images generated (and aligned) per step: bounds the memory
 
 
 def _parser():
@@ -85,7 +85,7 @@ def generate(sources, args, work_dir, log):
     size = 40 if args.protocol == "affnist" else sources.shape[1]
     path, progress_path = work_dir / "images.npy", work_dir / "progress.json"
     identity = {"protocol": args.protocol, "digit": args.digit, "n": args.n,
-                "sigma": args.sigma, "seed": args.seed}
+                "sigma": args.sigma, "seed": args.seed, "block": BLOCK}
     progress = common.read_json(progress_path) if progress_path.exists() else None
     if progress is None or progress.get("identity") != identity or not path.exists():
         images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         "schema": SCHEMA, "run": run,
         "config": {"protocol": args.protocol, "digit": args.digit, "n": args.n,
                    "sigma": args.sigma if args.protocol == "perspective" else None,
-                   "seed": args.seed, "settings": settings.to_dict()},
+                   "seed": args.seed, "block": BLOCK, "settings": settings.to_dict()},
         "generate_seconds": generate_seconds,
         "train_seconds": train_seconds,
         "epochs_run_in_this_process": epochs_run,
