@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.output:
         report = {
-            "model": os.path.abspath(model),
+            "model": os.path.basename(model),  # no machine paths in results
             "model_metadata": ready["model"],
             "providers": ready["providers"],
             "input": args.input,
