@@ -522,7 +522,10 @@ def main(argv=None) -> int:
         for sigma in args.sigmas:
             run_cell(store, images, digit, sigma, args, log)
     store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    report(store, args.methods, prefix, log)
+    # The tables and figures are of the whole file, which a --resume run
+    # extends: every method in it, not only this run's.
+    present = {entry.get("method") for entry in store.results.values()}
+    report(store, [m for m in METHODS if m in present], prefix, log)
     return 0
 
 

@@ -83,7 +83,10 @@ def test_protocol_schema_resume_and_report(tmp_path, monkeypatch, capsys):
     assert mnist_protocols.main(ARGS + ["--methods", "kc-C", "--resume"] + out) == 0
     failed = _load(tmp_path)["results"]["digit3/sigma0.2/kc-C"]
     assert failed["status"].startswith("failed: FloatingPointError") and failed["apsnr"] is None
-    assert "| kc-C | failed |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| kc-C | failed |" in printed
+    # The report of a resumed run covers the whole file, not only its methods.
+    assert "| 0.2 | kc-D | 3 |" in printed and "| rasl-affine |" in printed
     monkeypatch.setitem(mnist_protocols.RUNNERS, "kc-C", fakes["kc-C"])
     assert mnist_protocols.main(ARGS + ["--methods", "kc-C", "--resume"] + out) == 0
     assert calls == ["rasl-affine"]  # skipped: failed entries rerun only on request
