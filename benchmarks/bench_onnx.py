@@ -95,7 +95,6 @@ def run(args, log=print):
         reference = np.random.default_rng(0).random(shape, dtype=np.float32)
         settings = CongealSettings(preset=args.preset, objective=args.objective)
         congealer = build_congealer(settings, reference)
-        congealer.build((None, *shape))
         source = f"preset {args.preset}, objective {args.objective}, initial weights"
     height, width, channels = congealer.image_shape
     rng = np.random.default_rng(1)

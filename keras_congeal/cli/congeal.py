@@ -142,8 +142,7 @@ def _resolve_reference(settings, inputs):
 def _build_model(settings, reference, inputs):
     keras.utils.set_random_seed(settings.seed)
     try:
-        model = build_congealer(settings, reference)
-        model.build((None, *inputs.image_shape))
+        model = build_congealer(settings, reference)  # built: reference has the images' shape
     except ValueError as error:
         reason = str(error).strip().splitlines()[0]
         raise InputError(f"{inputs.source.name}: {reason}") from None
