@@ -270,15 +270,7 @@ def per_unit(result):
     LSC, an outer iteration for RASL."""
     if result["method"] == "keras_congeal":
         return result["steady_epoch_seconds"]
-    if result["method"] == "lsc":
-        return result["seconds"] / max(1, result["iterations"])
     return result["seconds_per_unit"]
-
-
-def work(result):
-    if result["method"] == "lsc":
-        return f"{result['iterations']} GN iterations"
-    return f"{result.get('units')} x {result.get('work_unit')}"
 
 
 def table(results, methods, ns):
@@ -298,7 +290,7 @@ def table(results, methods, ns):
             rows.append([
                 method, n, common.fmt(r["seconds"], 1), common.fmt(rel),
                 common.fmt(per_unit(r), 2), common.fmt(1000 * per_unit(r) / n, 2),
-                common.fmt(rel_unit), work(r),
+                common.fmt(rel_unit), f"{r.get('units')} x {r.get('work_unit')}",
                 common.fmt(r["peak_rss_bytes"] / 2**20, 0),
                 common.fmt((r.get("vm_hwm_bytes") or 0) / 2**20, 0),
                 common.fmt((r.get("peak_rss_above_import_bytes") or 0) / 2**20, 0),
