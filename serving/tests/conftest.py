@@ -4,13 +4,10 @@ Every model translates images by a fixed number of pixels (see
 `keras_congeal_serving.testing`), so expected outputs are written by hand.
 """
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 
-from keras_congeal_serving.testing import make_translation_model
+from keras_congeal_serving.testing import header_only_png, make_translation_model
 
 
 @pytest.fixture(scope="session")
@@ -57,29 +54,7 @@ def digits():
     return rng.integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data))
-        + kind
-        + data
-        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
 @pytest.fixture(scope="session")
 def bomb_png():
-    """`bomb_png(width, height)` -> a 60-byte greyscale PNG whose header claims that size.
-
-    Its pixel data are missing: opening it reads the header, decoding it fails.
-    """
-
-    def make(width: int, height: int) -> bytes:
-        header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b""))
-            + _png_chunk(b"IEND", b"")
-        )
-
-    return make
+    """`bomb_png(width, height)` -> a greyscale PNG whose header alone claims that size."""
+    return header_only_png

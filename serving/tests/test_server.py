@@ -412,9 +412,9 @@ def test_any_size_pixel_budgets(any_size_model, tmp_path, bomb_png):
         "150",
     ) as client:
         status, body = client.post_files([("big.png", png(np.zeros((10, 12), np.uint8)))])
-        assert status == 413 and "big.png: 12x10 image has 120 pixels; at most 100" in body[
-            "detail"
-        ], body
+        assert (
+            status == 413 and "big.png: 12x10 image has 120 pixels; at most 100" in body["detail"]
+        ), body
         two = [(f"{i}.png", png(np.zeros((8, 10), np.uint8))) for i in range(2)]
         status, body = client.post_files(two)
         assert status == 413 and "160 pixels in all" in body["detail"], body
