@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 
@@ -27,9 +26,14 @@ import numpy as np
 from keras_congeal_serving import __version__
 from keras_congeal_serving.aligner import DEFAULT_BATCH_SIZE, Aligner
 from keras_congeal_serving.errors import InputError
-from keras_congeal_serving.images import encode_png
+from keras_congeal_serving.images import DEFAULT_MAX_IMAGE_PIXELS, encode_png
 from keras_congeal_serving.progress import Progress
-from keras_congeal_serving.sources import FolderSource, iter_chunks, open_source
+from keras_congeal_serving.sources import (
+    DEFAULT_MAX_SET_PIXELS,
+    FolderSource,
+    iter_chunks,
+    open_source,
+)
 
 __all__ = ["run_align"]
 
@@ -56,6 +60,23 @@ def _make_parents(directory: str) -> list[str]:
     for path in reversed(created):
         os.mkdir(path)
     return created
+
+
+def _make_partial_dir(output: str) -> str:
+    """Creates the empty sibling `.OUTPUT.partial-XXXXXXXX` with the umask's permissions.
+
+    (`tempfile.mkdtemp` would create it 0700, and the renamed result would keep that.)
+    """
+    parent = os.path.dirname(os.path.abspath(output))
+    while True:
+        tmp = os.path.join(
+            parent, f".{os.path.basename(os.path.abspath(output))}.partial-{uuid.uuid4().hex[:8]}"
+        )
+        try:
+            os.mkdir(tmp)  # mode 0o777, less the umask
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _commit(tmp: str, output: str) -> None:
@@ -157,6 +178,8 @@ def run_align(
     intra_op_threads: int | None = None,
     progress: bool = True,
     aligner: Aligner | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
 ) -> dict:
     """Aligns `input_path` with the model into the directory `output`.
 
@@ -170,6 +193,9 @@ def run_align(
         providers, strict, intra_op_threads: see `Aligner`.
         progress: bool. Show progress on stderr.
         aligner: optional existing `Aligner` (then `model_path` is only reported).
+        max_image_pixels, max_set_pixels: optional ints. For a folder: most
+            pixels decoded per image and in all, told from the headers before
+            anything is decoded (`TooLargeError` beyond them).
 
     Returns:
         The report, also written as `report.json`. Raises `InputError` (bad
@@ -182,7 +208,13 @@ def run_align(
     _check_output(output, input_path, overwrite)
     if aligner is None:
         aligner = Aligner(model_path, providers, strict=strict, intra_op_threads=intra_op_threads)
-    source = open_source(input_path, key=key, channels=aligner.metadata.channels)
+    source = open_source(
+        input_path,
+        key=key,
+        channels=aligner.metadata.channels,
+        max_image_pixels=max_image_pixels,
+        max_set_pixels=max_set_pixels,
+    )
     try:
         _check_source(aligner, source)
         count = len(source.filenames) if source.kind == "folder" else source.shape[0]
@@ -190,9 +222,7 @@ def run_align(
         created = _make_parents(parent)
         tmp = None
         try:
-            tmp = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(os.path.abspath(output))}.partial-", dir=parent
-            )
+            tmp = _make_partial_dir(output)
             bar = Progress(count, enabled=progress)
             start = time.perf_counter()
             try:
