@@ -124,30 +124,19 @@ def _require_tensorflow():
 
 
 def load_congealer(path):
-    """Loads a `.keras` file and checks that it holds a `Congealer`.
+    """Loads a `.keras` file holding a `Congealer`, in safe mode
+    (`keras_congeal.models.saving.load_congealer`).
 
     Raises:
         ExportError: the file is missing, unreadable, or not a Congealer.
     """
-    import keras
+    from keras_congeal.io import InputError
+    from keras_congeal.models.saving import load_congealer as load
 
-    from keras_congeal.models import Congealer
-
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ExportError(f"model path is not a file: {path}")
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"cannot load {path} as a Keras model: {reason}") from error
-    if not isinstance(model, Congealer):
-        raise ExportError(
-            f"{path} holds a {type(model).__name__}, not a keras_congeal Congealer."
-        )
-    return model
+        return load(path)
+    except InputError as error:
+        raise ExportError(str(error)) from None
 
 
 # === Graph construction ===

@@ -8,7 +8,6 @@ on any failure (there is nothing to resume).
 import os
 import time
 
-import keras
 from keras import ops
 
 from keras_congeal.cli._outputs import (
@@ -20,26 +19,10 @@ from keras_congeal.cli._outputs import (
     write_figures,
     write_json,
 )
-from keras_congeal.io import AtomicOutputDir, InputError
-from keras_congeal.models import Congealer
+from keras_congeal.io import AtomicOutputDir
+from keras_congeal.models.saving import load_congealer
 
-__all__ = ["load_congealer", "run_align"]
-
-
-def load_congealer(path):
-    """Loads a `.keras` file holding a `Congealer`; raises `InputError`."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such model file")
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: not a file (expected a .keras model)")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: cannot load it as a Keras model ({reason})") from None
-    if not isinstance(model, Congealer):
-        raise InputError(f"{path}: holds a {type(model).__name__}, not a keras_congeal Congealer")
-    return model
+__all__ = ["run_align"]
 
 
 def run_align(args):
