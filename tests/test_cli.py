@@ -262,8 +262,10 @@ def test_demo_report(demo_run):
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
     settings = json.loads((out / "settings.json").read_text())
-    assert settings == CongealSettings(epochs=1, batch_size=32).to_dict()
-    assert report["settings"] == settings
+    # The resolved settings: what "auto" chose is written out.
+    assert settings == CongealSettings(epochs=1, batch_size=32, preset="mnist",
+                                       code_size=16).to_dict()
+    assert report["settings"] == settings and report["preset"] == settings["preset"]
     assert report["images"] == 64 and report["image_shape"] == [28, 28, 1]
     assert report["dtype"] == "uint8" and report["input"]["kind"] == "demo"
     assert report["backend"] == keras.backend.backend()

@@ -17,6 +17,7 @@ A run that is killed leaves only `DIR.partial/`; `--resume` continues it
 from its last finished epoch.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ from keras_congeal.cli._outputs import (
     write_json,
 )
 from keras_congeal.io import AtomicOutputDir, InputError, atomic_file, read_image_file
-from keras_congeal.presets import preset_for_size
+from keras_congeal.presets import get_preset, preset_for_size
 from keras_congeal.reference import STRATEGIES, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
 
@@ -98,6 +99,14 @@ def _resolve_settings(given, out, flags):
             "give the same ones (or none), or remove it to start afresh"
         )
     return saved
+
+
+def _resolved(settings, image_shape):
+    """`settings` with what "auto" stands for written out: the preset chosen
+    from the image size and its code size, as the run uses them."""
+    preset = settings.preset or preset_for_size(*image_shape[:2])
+    code_size = settings.code_size or get_preset(preset)["autoencoder"]["code_size"]
+    return dataclasses.replace(settings, preset=preset, code_size=code_size)
 
 
 def _describe_input(info):
@@ -239,13 +248,15 @@ def run_congeal(args, given, flags):
         say(f"--resume: no unfinished run in {out.partial}; starting a new one")
     with open_input(args.input, args.key, args.limit) as inputs:
         # === Checks and set-up: nothing is written ===
-        settings = _resolve_settings(given, out, flags)
+        if "preset" in given and given["preset"] is None:  # --preset auto
+            given["preset"] = preset_for_size(*inputs.image_shape[:2])
+        settings = _resolved(_resolve_settings(given, out, flags), inputs.image_shape)
         info = inputs.info(args.limit)
         if out.resuming:
             _check_same_input(out, info)
         reference, reference_index = _resolve_reference(settings, inputs)
         model = _build_model(settings, reference, inputs)
-        preset = settings.preset or preset_for_size(*inputs.image_shape[:2])
+        preset = settings.preset
         shown = (settings.reference if reference_index is None
                  else f"image {reference_index} ({settings.reference})")
         say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
