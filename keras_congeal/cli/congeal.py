@@ -25,16 +25,15 @@ import time
 
 import keras
 
+from keras_congeal.cli._inputs import images_nhwc
 from keras_congeal.cli._outputs import (
     align_into,
-    images_nhwc,
-    open_input,
     report_header,
     summary_lines,
     write_figures,
     write_json,
 )
-from keras_congeal.io import AtomicOutputDir, InputError, atomic_file, read_image_file
+from keras_congeal.io import InputError, atomic_file, read_image_file
 from keras_congeal.presets import get_preset, preset_for_size
 from keras_congeal.reference import STRATEGIES, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
@@ -226,13 +225,15 @@ def _train(out, inputs, settings, model, quiet):
     return model, _history(out.file(HISTORY_FILE), settings.epochs), resumed_after, seconds
 
 
-def run_congeal(args, given, flags):
+def run_congeal(args, given, flags, out, inputs):
     """Runs the `congeal` command.
 
     Args:
         args: the parsed `argparse.Namespace`.
         given: dict of the `CongealSettings` fields given on the command line.
         flags: dict, settings field -> flag (for messages).
+        out: the checked `AtomicOutputDir` (`output_dir`).
+        inputs: the opened `InputSet` (closed by the caller).
 
     Returns:
         The exit status (0, or 130 when interrupted).
@@ -242,78 +243,75 @@ def run_congeal(args, given, flags):
     """
     start_time = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print
-    out = AtomicOutputDir(args.output, overwrite=args.overwrite, resume=args.resume,
-                          protect=[args.input] if args.input else []).check()
     if args.resume and not out.resuming:
         say(f"--resume: no unfinished run in {out.partial}; starting a new one")
-    with open_input(args.input, args.key, args.limit) as inputs:
-        # === Checks and set-up: nothing is written ===
-        if "preset" in given and given["preset"] is None:  # --preset auto
-            given["preset"] = preset_for_size(*inputs.image_shape[:2])
-        settings = _resolved(_resolve_settings(given, out, flags), inputs.image_shape)
-        info = inputs.info(args.limit)
-        if out.resuming:
-            _check_same_input(out, info)
-        reference, reference_index = _resolve_reference(settings, inputs)
-        model = _build_model(settings, reference, inputs)
-        preset = settings.preset
-        shown = (settings.reference if reference_index is None
-                 else f"image {reference_index} ({settings.reference})")
-        say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
-            f"{settings.epochs} epoch(s); reference: {shown}")
+    # === Checks and set-up: nothing is written ===
+    if "preset" in given and given["preset"] is None:  # --preset auto
+        given["preset"] = preset_for_size(*inputs.image_shape[:2])
+    settings = _resolved(_resolve_settings(given, out, flags), inputs.image_shape)
+    info = inputs.info(args.limit)
+    if out.resuming:
+        _check_same_input(out, info)
+    reference, reference_index = _resolve_reference(settings, inputs)
+    model = _build_model(settings, reference, inputs)
+    preset = settings.preset
+    shown = (settings.reference if reference_index is None
+             else f"image {reference_index} ({settings.reference})")
+    say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
+        f"{settings.epochs} epoch(s); reference: {shown}")
 
-        # === Training and outputs, in DIR.partial/ ===
-        partial = out.begin()
-        try:
-            if not out.resuming:
-                with atomic_file(out.file(SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
-                    f.write(settings.to_json() + "\n")
-                write_json(out.file(RUN_FILE), {"input": info})
-            model, history, resumed_after, train_seconds = _train(
-                out, inputs, settings, model, args.quiet
-            )
-            model.save(out.file("model.keras"))
-            say("aligning")
-            meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
-                                              verbose=not args.quiet)
-            write_figures(partial, inputs, meter, reference, f"reference: {shown}")
-            if inputs.filenames is not None:
-                write_json(out.file("filenames.json"), inputs.filenames)
-            summary = meter.summary()
-            summary.pop("images")
-            report = {
-                **report_header("congeal"),
-                "input": {**info, "description": (inputs.demo or {}).get("description")},
-                "images": inputs.count,
-                "image_shape": list(inputs.image_shape),
-                "dtype": inputs.dtype.name,
-                **summary,
-                "oracle": _oracle(inputs.demo) if inputs.demo is not None else None,
-                "seconds": {
-                    "training": train_seconds,
-                    "training_all_sessions": sum(e.get("seconds", 0.0) for e in history),
-                    "aligning": align_seconds,
-                    "total": time.perf_counter() - start_time,
-                },
-                "epochs": settings.epochs,
-                "resumed_from_epoch": resumed_after if out.resuming else None,
-                "preset": preset,
-                "reference": settings.reference,
-                "reference_index": reference_index,
-                "settings": settings.to_dict(),
-                "history": history,
-                "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
-            }
-            write_json(out.file("report.json"), report)
-            out.commit(drop=SCRATCH)
-        except KeyboardInterrupt:
-            print(f"keras-congeal: interrupted; the unfinished run is in {out.partial}: "
-                  "run the same command with --resume to continue it", file=sys.stderr)
-            return 130
-        except BaseException:
-            print(f"keras-congeal: the unfinished run is kept in {out.partial} (the same "
-                  "command with --resume continues it)", file=sys.stderr)
-            raise
+    # === Training and outputs, in DIR.partial/ ===
+    partial = out.begin()
+    try:
+        if not out.resuming:
+            with atomic_file(out.file(SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
+                f.write(settings.to_json() + "\n")
+            write_json(out.file(RUN_FILE), {"input": info})
+        model, history, resumed_after, train_seconds = _train(
+            out, inputs, settings, model, args.quiet
+        )
+        model.save(out.file("model.keras"))
+        say("aligning")
+        meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
+                                          verbose=not args.quiet)
+        write_figures(partial, inputs, meter, reference, f"reference: {shown}")
+        if inputs.filenames is not None:
+            write_json(out.file("filenames.json"), inputs.filenames)
+        summary = meter.summary()
+        summary.pop("images")
+        report = {
+            **report_header("congeal"),
+            "input": {**info, "description": (inputs.demo or {}).get("description")},
+            "images": inputs.count,
+            "image_shape": list(inputs.image_shape),
+            "dtype": inputs.dtype.name,
+            **summary,
+            "oracle": _oracle(inputs.demo) if inputs.demo is not None else None,
+            "seconds": {
+                "training": train_seconds,
+                "training_all_sessions": sum(e.get("seconds", 0.0) for e in history),
+                "aligning": align_seconds,
+                "total": time.perf_counter() - start_time,
+            },
+            "epochs": settings.epochs,
+            "resumed_from_epoch": resumed_after if out.resuming else None,
+            "preset": preset,
+            "reference": settings.reference,
+            "reference_index": reference_index,
+            "settings": settings.to_dict(),
+            "history": history,
+            "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
+        }
+        write_json(out.file("report.json"), report)
+        out.commit(drop=SCRATCH)
+    except KeyboardInterrupt:
+        print(f"keras-congeal: interrupted; the unfinished run is in {out.partial}: "
+              "run the same command with --resume to continue it", file=sys.stderr)
+        return 130
+    except BaseException:
+        print(f"keras-congeal: the unfinished run is kept in {out.partial} (the same "
+              "command with --resume continues it)", file=sys.stderr)
+        raise
     for line in summary_lines(report, out.path):
         print(line)
     return 0

@@ -4,7 +4,7 @@ import os
 
 import keras
 
-from keras_congeal.io import InputError
+from keras_congeal.io import InputError, check_model_file
 from keras_congeal.models.congealer import Congealer
 
 __all__ = ["load_congealer"]
@@ -30,10 +30,7 @@ def load_congealer(path):
         a `Congealer`; the message is one line.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such model file")
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: not a file (expected a .keras model)")
+    check_model_file(path)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
