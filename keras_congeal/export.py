@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -436,22 +435,16 @@ def _check_writable(path, overwrite):
         raise ExportError(f"output directory does not exist: {path.parent}")
 
 
-def _temporary_beside(path):
-    path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return Path(name)
-
-
 def _write_atomically(path, write):
-    """Calls `write(tmp_path)`, then renames the temporary file onto `path`."""
-    tmp = _temporary_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Calls `write(tmp_path)`, then renames the temporary file onto `path`.
+
+    The file is created by `write`, so its permissions follow the umask, as
+    every other output's (`keras_congeal.io.atomic_file`).
+    """
+    from keras_congeal.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        write(Path(tmp))
 
 
 _TRITON_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
