@@ -257,6 +257,22 @@ def test_demo_outputs(demo_run):
         assert text in stdout
 
 
+def test_shipped_model_has_no_optimizer_state(demo_run):
+    # Adam's moments stay in the resumable checkpoint, not in model.keras.
+    import zipfile
+
+    out, _ = demo_run
+    with zipfile.ZipFile(out / "model.keras") as archive, \
+            archive.open("model.weights.h5") as weights, h5py.File(weights) as f:
+        assert "optimizer" not in f
+        config = json.loads(archive.read("config.json"))
+    assert config["class_name"] == "Congealer"
+    size = os.path.getsize(out / "model.keras")
+    parameters = sum(w.size for w in
+                     keras.saving.load_model(out / "model.keras", compile=False).get_weights())
+    assert size < 4.5 * parameters * 1.05  # float32 weights (+ the file's overhead)
+
+
 @pytest.mark.slow
 def test_demo_report(demo_run):
     out, _ = demo_run

@@ -34,6 +34,7 @@ from keras_congeal.cli._outputs import (
     write_json,
 )
 from keras_congeal.io import InputError, atomic_file, read_image_file
+from keras_congeal.models.saving import save_without_optimizer
 from keras_congeal.presets import get_preset, preset_for_size
 from keras_congeal.reference import STRATEGIES, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
@@ -270,7 +271,7 @@ def run_congeal(args, given, flags, out, inputs):
         model, history, resumed_after, train_seconds = _train(
             out, inputs, settings, model, args.quiet
         )
-        model.save(out.file("model.keras"))
+        save_without_optimizer(model, out.file("model.keras"))
         say("aligning")
         meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
                                           verbose=not args.quiet)

@@ -7,7 +7,7 @@ import keras
 from keras_congeal.io import InputError, check_model_file
 from keras_congeal.models.congealer import Congealer
 
-__all__ = ["load_congealer"]
+__all__ = ["load_congealer", "save_without_optimizer"]
 
 
 def load_congealer(path):
@@ -39,3 +39,20 @@ def load_congealer(path):
     if not isinstance(model, Congealer):
         raise InputError(f"{path}: holds a {type(model).__name__}, not a keras_congeal Congealer")
     return model
+
+
+def save_without_optimizer(model, path):
+    """Saves a trained `Congealer` as `.keras` without its optimizer's state.
+
+    Adam keeps two moments per weight: a trained model saved whole is about
+    three times its weights. The resumable checkpoint keeps that state; the
+    shipped model needs only the weights (it aligns, it is not trained on).
+
+    Args:
+        model: a built `Congealer`.
+        path: str or path-like. The `.keras` file to write.
+    """
+    inference = type(model).from_config(model.get_config())
+    inference.build((None, *model.image_shape))
+    inference.set_weights(model.get_weights())
+    inference.save(path)
