@@ -186,3 +186,60 @@ def test_compressed_npz_member_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "MAX_UNPACKED_BYTES", 1 << 30)
     with io.open_images(tmp_path / "z.npz") as source:
         assert source.images.shape == (64, 28, 28)
+
+
+# === Ctrl-C ===
+
+
+def _interrupt_when(process, ready, timeout=120):
+    """Sends SIGINT to `process` once `ready()` holds; returns its (rc, stderr)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
+
+
+def _interrupted_run(tmp_path, moment):
+    """Starts a tiny `congeal`, sends SIGINT at `moment`: `(argv, env, rc, stderr)`."""
+    from keras_congeal.data import load_demo
+
+    np.save(tmp_path / "x.npy", load_demo()["images"][:32])
+    argv = [*entry_point(), "congeal", "x.npy", "-o", "out", "--epochs", "3",
+            "--batch-size", "16", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": keras.backend.backend()}
+    history = tmp_path / "out.partial" / "history.jsonl"
+    ready = {
+        "set-up": lambda: (tmp_path / "out.partial").exists(),
+        # Right after an epoch's log line: the backup of that epoch is being written.
+        "checkpoint": lambda: history.exists() and history.read_text().count("\n") >= 1,
+    }[moment]
+    process = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    code, err = _interrupt_when(process, ready)
+    if code == 0:
+        pytest.skip(f"the run ended before the signal ({moment})")
+    return argv, env, code, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_checkpoint_is_written_exits_130_and_resumes(tmp_path):
+    # A Ctrl-C that cut latest.weights.h5 in half left a .partial that --resume
+    # could not load; on JAX a Ctrl-C once ended in SIGSEGV.
+    argv, env, code, err = _interrupted_run(tmp_path, "checkpoint")
+    assert code == 130, err[-3000:]
+    assert "--resume" in err and "Traceback" not in err, err[-3000:]
+    result = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"model.keras", "aligned.npy", "report.json"} <= set(os.listdir(tmp_path / "out"))
+
+
+def test_ctrl_c_during_set_up_exits_130(tmp_path):
+    _, _, code, err = _interrupted_run(tmp_path, "set-up")
+    assert code == 130, err[-3000:]
+    assert len(err.splitlines()) == 1 and "interrupted" in err, err

@@ -17,10 +17,13 @@ A run that is killed leaves only `DIR.partial/`; `--resume` continues it
 from its last finished epoch.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -65,6 +68,36 @@ class _EpochLog(keras.callbacks.Callback):
         entry.update({key: float(value) for key, value in (logs or {}).items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Holds a Ctrl-C (SIGINT) received in the block until the block ends, then
+    raises `KeyboardInterrupt`: a checkpoint being written is finished first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in half
+    (a half-written `latest.weights.h5` could not be resumed)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        with _interrupts_deferred():
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with _interrupts_deferred():
+            super().on_epoch_end(epoch, logs)
 
 
 def _read_json(path):
@@ -218,7 +251,7 @@ def _train(out, inputs, settings, model, quiet):
         _EpochLog(out.file(HISTORY_FILE)),
         # Kept until the outputs are written: a run killed while aligning
         # resumes with every epoch done.
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        _Backup(backup_dir, delete_checkpoint=False),
     ]
     model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
                              verbose=0 if quiet else "auto", model=model)
