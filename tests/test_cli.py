@@ -253,7 +253,8 @@ def test_demo_outputs(demo_run):
     for name in ("mean_variance.png", "samples.png", "reference.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 2 * 28
-    for text in ("APSNR", "oracle", "ink kept", "scale", "time", str(out)):
+    for text in ("APSNR", "oracle", "ink kept", "scale", "time", str(out),
+                 "see reference.png; choose another with --reference"):
         assert text in stdout
 
 

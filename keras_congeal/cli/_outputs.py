@@ -168,7 +168,10 @@ def summary_lines(report, output):
         index, reference = report.get("reference_index"), report["reference"]
         if index is not None:
             reference = f"image {index} ({reference})"
-        lines.append(f"  reference  {reference}")
+        lines.append(f"  reference  {reference}: see reference.png; choose another with "
+                     "--reference INDEX|IMAGE.png")
+        if report.get("reference_warning"):
+            lines.append(f"  warning    {report['reference_warning']}")
     else:
         lines.append(f"  model      {report['model']}")
 

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import keras
 
@@ -39,7 +40,7 @@ from keras_congeal.cli._outputs import (
 from keras_congeal.io import InputError, atomic_file, read_image_file
 from keras_congeal.models.saving import save_without_optimizer
 from keras_congeal.presets import get_preset, preset_for_size
-from keras_congeal.reference import STRATEGIES, choose_reference
+from keras_congeal.reference import STRATEGIES, ReferenceWarning, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
 
 __all__ = ["run_congeal"]
@@ -159,7 +160,8 @@ def _check_same_input(out, info):
 
 
 def _resolve_reference(settings, inputs):
-    """The reference image (H, W, C) float32 in [0, 1] and its index (or None)."""
+    """The reference image (H, W, C) float32 in [0, 1], its index (or None) and
+    the `ReferenceWarning` of an atypical automatic choice (or None)."""
     spec = settings.reference
     height, width, channels = inputs.image_shape
     if isinstance(spec, str) and spec not in STRATEGIES:
@@ -174,11 +176,15 @@ def _resolve_reference(settings, inputs):
                 f"--reference {spec}: {image.shape[1]}x{image.shape[0]} pixels, but the "
                 f"images are {width}x{height}"
             )
-        return image.reshape(height, width, channels).astype("float32") / 255.0, None
+        return image.reshape(height, width, channels).astype("float32") / 255.0, None, None
     if isinstance(spec, int) and not -inputs.count <= spec < inputs.count:
         raise InputError(f"--reference {spec}: out of range for {inputs.count} images")
-    return choose_reference(images_nhwc(inputs.images), spec, data_range=inputs.data_range,
-                            seed=settings.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReferenceWarning)
+        reference, index = choose_reference(images_nhwc(inputs.images), spec,
+                                            data_range=inputs.data_range, seed=settings.seed)
+    notes = [str(w.message) for w in caught if issubclass(w.category, ReferenceWarning)]
+    return reference, index, (notes[0] if notes else None)
 
 
 def _build_model(settings, reference, inputs):
@@ -286,7 +292,7 @@ def run_congeal(args, given, flags, out, inputs):
     info = inputs.info(args.limit)
     if out.resuming:
         _check_same_input(out, info)
-    reference, reference_index = _resolve_reference(settings, inputs)
+    reference, reference_index, reference_warning = _resolve_reference(settings, inputs)
     model = _build_model(settings, reference, inputs)
     preset = settings.preset
     shown = (settings.reference if reference_index is None
@@ -332,6 +338,7 @@ def run_congeal(args, given, flags, out, inputs):
             "preset": preset,
             "reference": settings.reference,
             "reference_index": reference_index,
+            "reference_warning": reference_warning,
             "settings": settings.to_dict(),
             "history": history,
             "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
