@@ -7,9 +7,13 @@ bilinear warp by the pixel matrix `B` (`crop_matrix`); every method then
 aligns the same crops:
 
 * `input`: no alignment (the initialisation itself);
-* `keras_congeal`: `fit_congealer` with `CongealSettings(preset="lfw")`
-  (the package's defaults otherwise; `--epochs`/`--min-steps` change the
-  optimisation budget, `--setting KEY=VALUE` any other setting; all recorded);
+* `oracle-similarity`: each annotated face's three landmarks fitted to their
+  mean shape by a similarity (it uses the landmarks: the floor of the measure
+  for similarity warps, not a method);
+* `keras_congeal`: `fit_congealer` with the face defaults,
+  `CongealSettings.for_preset("lfw")` (`--epochs`/`--min-steps` change the
+  optimisation budget, `--setting KEY=VALUE` any other setting; all
+  recorded), its landmark-error trajectory logged during training;
 * `rasl`, `rasl-similarity`, `rasl-affine`: RASL (`benchmarks.baselines.run_rasl`,
   Euclidean by default as its README says) on the greyscale crops (the
   `rasl` package aligns one-channel images); its transforms then warp the
@@ -97,9 +101,11 @@ __all__ = [
 SCHEMA = "keras_congeal.lfw/1"
 # The paper's four subjects, in Table 2's order S1..S4.
 SUBJECTS = ("George_W_Bush", "Jennifer_Capriati", "Serena_Williams", "Tony_Blair")
-METHODS = ("input", "keras_congeal", "rasl", "rasl-similarity", "rasl-affine")
-DEFAULT_METHODS = ("input", "keras_congeal", "rasl")
-LABELS = {"input": "input", "keras_congeal": "keras_congeal", "rasl": "RASL eucl.",
+METHODS = ("input", "oracle-similarity", "keras_congeal", "rasl", "rasl-similarity",
+           "rasl-affine")
+DEFAULT_METHODS = ("input", "oracle-similarity", "keras_congeal", "rasl")
+LABELS = {"input": "input", "oracle-similarity": "similarity oracle",
+          "keras_congeal": "keras_congeal", "rasl": "RASL eucl.",
           "rasl-similarity": "RASL sim.", "rasl-affine": "RASL affine"}
 # LFW frames are the Viola-Jones box enlarged 2.2 times in each dimension.
 VIOLA_JONES_ENLARGEMENT = 2.2
@@ -119,6 +125,8 @@ PAPER_TABLE2 = {
     (0.3, "Proposed"): (4.27, 1.92, 3.69, 2.55),
 }
 CROP_BATCH = 64
+# Landmark-error measures of a keras_congeal run's trajectory, about.
+TRAJECTORY_POINTS = 12
 
 
 def entry_key(subject, init, method):
@@ -239,10 +247,9 @@ def _warp_images(images, matrices, output_size):
 def map_points(matrix, points):
     """Maps points (N, K, 2) through per-image 3x3 matrices (N, 3, 3), with the
     perspective divide, in float64."""
-    points = np.asarray(points, "float64")
-    homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1)
-    mapped = np.einsum("nij,nkj->nki", np.asarray(matrix, "float64"), homogeneous)
-    return mapped[..., :2] / mapped[..., 2:]
+    from keras_congeal.metrics import aligned_points
+
+    return aligned_points(points, np.linalg.inv(np.asarray(matrix, "float64")))
 
 
 def aligned_landmarks(frame_points, crop_from_frame_src, transforms):
@@ -256,33 +263,17 @@ def aligned_landmarks(frame_points, crop_from_frame_src, transforms):
     Returns:
         (N, K, 2): `F_i^-1 p` with `F_i = B @ T_i` (aligned -> frame).
     """
+    from keras_congeal.metrics import aligned_points
+
     full = np.asarray(crop_from_frame_src, "float64")[None] @ np.asarray(transforms, "float64")
-    return map_points(np.linalg.inv(full), frame_points)
+    return aligned_points(frame_points, full)
 
 
 def landmark_error(points, eyes=EYES):
-    """Table 2's landmark error of aligned landmarks (N, K, 2).
+    """Table 2's landmark error (`keras_congeal.metrics.landmark_error`)."""
+    from keras_congeal.metrics import landmark_error as error
 
-    Each landmark's spread is the mean distance of its N positions to their
-    mean; the error is the mean spread over the K landmarks divided by the
-    mean distance between the two `eyes` landmarks, in percent.
-
-    Returns:
-        dict: `error_percent`, `spread_percent` (per landmark), `spread_pixels`
-        (per landmark), `eye_distance` (pixels) and `images`.
-    """
-    points = np.asarray(points, "float64")
-    if points.ndim != 3 or points.shape[-1] != 2 or len(points) == 0:
-        raise ValueError(f"Expected points of shape (N >= 1, K, 2), received {points.shape}.")
-    spread = np.linalg.norm(points - points.mean(axis=0), axis=-1).mean(axis=0)
-    eye_distance = float(np.linalg.norm(points[:, eyes[0]] - points[:, eyes[1]], axis=-1).mean())
-    return {
-        "error_percent": float(100.0 * spread.mean() / eye_distance),
-        "spread_percent": (100.0 * spread / eye_distance).tolist(),
-        "spread_pixels": spread.tolist(),
-        "eye_distance": eye_distance,
-        "images": int(len(points)),
-    }
+    return error(points, eyes)
 
 
 # === Methods ===
@@ -292,16 +283,20 @@ def _identity(n):
     return np.tile(np.eye(3), (n, 1, 1))
 
 
-def _run_input(crops, args):
+def _run_input(crops, args, cell):
     return {"aligned": crops, "transforms": _identity(len(crops)), "extra": {}}
 
 
 def congeal_settings(args):
+    """The face defaults (`CongealSettings.for_preset("lfw")`), with
+    `--epochs`, `--min-steps` and `--setting` applied."""
     from keras_congeal.settings import CongealSettings
 
-    settings = CongealSettings(preset="lfw")
+    settings = CongealSettings.for_preset("lfw")
     if args.epochs is not None:
         settings = settings.replace(epochs=args.epochs)
+    if args.min_steps is not None:
+        settings = settings.replace(min_steps=args.min_steps)
     return settings.replace(**dict(args.setting))
 
 
@@ -326,38 +321,100 @@ def _parse_setting(text):
     return key, value
 
 
-def _cell_epochs(settings, n, min_steps):
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    return max(settings.epochs, math.ceil(min_steps / steps_per_epoch)), steps_per_epoch
-
-
-def _run_congealer(crops, args):
+def _run_congealer(crops, args, cell):
     import keras
 
+    from keras_congeal.callbacks import AlignmentMonitor
     from keras_congeal.training import fit_congealer
 
     settings = congeal_settings(args)
-    epochs, steps_per_epoch = _cell_epochs(settings, len(crops), args.min_steps)
-    settings = settings.replace(epochs=epochs)
+    epochs = settings.epochs_for(len(crops))
+    steps_per_epoch = math.ceil(len(crops) / settings.batch_size)
+    # The landmark-error trajectory: about TRAJECTORY_POINTS measures.
+    every = max(1, round(epochs / TRAJECTORY_POINTS))
+    crop_points = _crop_points(cell)
+    monitor = AlignmentMonitor(crops[cell["index"]], every=every, landmarks=crop_points,
+                               eyes=EYES) if len(cell["index"]) > 1 else None
     start = time.perf_counter()
-    model, history = fit_congealer(crops, settings, verbose=0,
-                                   monitor_size=min(args.monitor_size, len(crops)))
+    model, history = fit_congealer(crops, settings, verbose=0, monitor_size=0,
+                                   callbacks=[monitor] if monitor else [])
     fit_seconds = time.perf_counter() - start
     result = model.align(crops, batch_size=256)
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
+    trajectory = [] if monitor is None else [
+        {"step": m["epoch"] * steps_per_epoch,
+         **{k: m[k] for k in ("landmark_error", "apsnr", "scale")}}
+        for m in monitor.history]
     keras.backend.clear_session()
     return {
         "aligned": result["aligned"], "transforms": result["transforms"],
         "extra": {
             "settings": settings.to_dict(), "epochs": epochs,
             "steps": epochs * steps_per_epoch, "fit_seconds": fit_seconds,
-            "history": history,
+            "history": history, "trajectory": trajectory,
         },
     }
 
 
+def _crop_points(cell):
+    """The cell's landmarks (M, 3, 2) in crop pixels (`B^-1 p`)."""
+    inverse = np.linalg.inv(cell["crop_matrix"])
+    return map_points(np.broadcast_to(inverse, (len(cell["points"]), 3, 3)), cell["points"])
+
+
+def similarity_to_mean(points, iterations=20):
+    """Per-image similarities that map each image's landmarks (N, K, 2) onto
+    their common mean shape, least squares (Procrustes, the mean refitted
+    `iterations` times; its scale and position pinned to the first mean).
+
+    Returns:
+        (N, 3, 3) float64: `target_from_image` matrices.
+    """
+    points = np.asarray(points, "float64")
+    mean = points.mean(axis=0)
+    for _ in range(iterations):
+        matrices = np.stack([_similarity(p, mean) for p in points])
+        fitted = np.einsum("nij,nkj->nki", matrices[:, :2, :2], points) + matrices[:, None, :2, 2]
+        new = fitted.mean(axis=0)
+        # Keep the first mean's centroid and size: only the shape is refitted.
+        new = (new - new.mean(0)) * (np.linalg.norm(mean - mean.mean(0))
+                                     / np.linalg.norm(new - new.mean(0))) + mean.mean(0)
+        if np.allclose(new, mean, atol=1e-9):
+            break
+        mean = new
+    return np.stack([_similarity(p, mean) for p in points])
+
+
+def _similarity(source, target):
+    """The similarity (3, 3) minimising `sum |M source_k - target_k|^2`."""
+    src = source - source.mean(0)
+    dst = target - target.mean(0)
+    a = (src * dst).sum() / (src**2).sum()
+    b = (src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum() / (src**2).sum()
+    linear = np.array([[a, -b], [b, a]])
+    shift = target.mean(0) - linear @ source.mean(0)
+    return np.array([[a, -b, shift[0]], [b, a, shift[1]], [0.0, 0.0, 1.0]])
+
+
+def _run_oracle(crops, args, cell):
+    """The similarity oracle: each annotated face's three landmarks fitted to
+    their mean shape (in crop pixels), i.e. a perfect similarity alignment;
+    faces without landmarks stay as they are. The floor of this measure for
+    similarity warps."""
+    transforms = _identity(len(crops))
+    if len(cell["index"]) > 1:
+        crop_points = _crop_points(cell)
+        # aligned <- crop is the fitted similarity: src_from_dst is its inverse.
+        transforms[cell["index"]] = np.linalg.inv(similarity_to_mean(crop_points))
+    return {
+        "aligned": _warp_images(crops, transforms, crops.shape[1:3]),
+        "transforms": transforms,
+        "extra": {"note": "uses the landmarks: a floor, not a method"},
+    }
+
+
 def _run_rasl(transform):
-    def run(crops, args):
+    def run(crops, args, cell):
         from benchmarks.baselines import run_rasl
 
         grey = _greyscale(crops)
@@ -389,6 +446,7 @@ def _greyscale(images):
 
 RUNNERS = {
     "input": _run_input,
+    "oracle-similarity": _run_oracle,
     "keras_congeal": _run_congealer,
     "rasl": _run_rasl("euclidean"),
     "rasl-similarity": _run_rasl("similarity"),
@@ -442,7 +500,7 @@ def run_cell(store, frames, names, landmarks, subject, init, args, log):
     for method in todo:
         key = entry_key(subject, init, method)
         start = time.perf_counter()
-        output = RUNNERS[method](crops, args)
+        output = RUNNERS[method](crops, args, {**data, "index": index, "points": points})
         seconds = time.perf_counter() - start
         measures = measure(crops, output["aligned"], output["transforms"], matrix,
                            (index, points))
@@ -475,13 +533,15 @@ def tables(results, methods):
                 budget = (f"{e['epochs']} ep / {e['steps']} steps" if "epochs" in e else
                           f"{e['iterations']} it" + (" (capped)" if e.get("capped") else "")
                           if "iterations" in e else "")
+                trajectory = " ".join(
+                    f"{p['step']}:{p['landmark_error']:.1f}" for p in e.get("trajectory", []))
                 rows.append([subject, f"{init:g}", method, e["images"], common.fmt(e["apsnr"]),
                              common.fmt(e["landmark_error_percent"]),
                              common.fmt(e["content_scale_median"], 3),
-                             common.fmt(e["seconds"], 1), budget])
+                             common.fmt(e["seconds"], 1), budget, trajectory])
     text = ["### Every cell", "", common.markdown_table(
         ["subject", "init", "method", "N", "APSNR dB", "landmark err. %", "scale (median)",
-         "seconds", "budget"], rows)]
+         "seconds", "budget", "trajectory (step:landmark err. %)"], rows)]
 
     avg_rows = []
     for init in inits:
@@ -624,15 +684,16 @@ def _parser():
                         help=f"some of {', '.join(METHODS)} (default: "
                              f"{' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="keras_congeal epochs (default: CongealSettings' own, 30)")
+                        help="keras_congeal epochs (default: the lfw preset's)")
     parser.add_argument("--setting", type=_parse_setting, action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a CongealSettings field for keras_congeal, e.g. "
                              "transform=similarity or learning_rate=1e-4 (repeatable; "
                              "recorded in the JSON's config)")
-    parser.add_argument("--min-steps", type=int, default=0,
+    parser.add_argument("--min-steps", type=int, default=None,
                         help="raise a cell's epochs until it trains at least this many "
-                             "batches (small subjects have 1 batch an epoch; default 0)")
+                             "batches (small subjects have 1 batch an epoch; default: the "
+                             "lfw preset's min_steps)")
     parser.add_argument("--monitor-size", type=int, default=128,
                         help="images whose APSNR/scale fit_congealer logs each epoch "
                              "(default 128; 0: none)")
@@ -704,7 +765,6 @@ def main(argv=None) -> int:
     config = {
         "size": args.size, "limit": args.limit,
         "congeal_settings": congeal_settings(args).to_dict(),
-        "congeal_min_steps": args.min_steps,
         "congeal_epochs_overridden": args.epochs is not None,
         "rasl": {"stop_delta": args.rasl_stop_delta, "max_iter": args.rasl_max_iter,
                  "input": "greyscale crops", "resample": "bilinear", "min_ink": 1.0,

@@ -5,8 +5,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_congeal.metrics import aligned_points, content_scale, ink_kept, landmark_error
 from keras_congeal.metrics import apsnr as compute_apsnr
-from keras_congeal.metrics import content_scale, ink_kept
 
 __all__ = ["AlignmentMonitor"]
 
@@ -21,28 +21,55 @@ class AlignmentMonitor(keras.callbacks.Callback):
     of the frame; the other two expose that. If `ink_kept` falls below
     `collapse_ink` a warning says the run is collapsing.
 
+    With `landmarks` (known points of the sample, e.g. eye corners and nose
+    tip of faces), it also logs `landmark_error` (%, the paper's Table 2
+    measure, `keras_congeal.metrics.landmark_error`): a trajectory that shows
+    whether training aligns what matters or drifts while APSNR rises.
+
     Args:
         images: array (N, H, W, C), floats in [0, 1]: the sample to watch
             (a few hundred images are plenty).
         every: int. Measure every `every` epochs. Defaults to 1.
         collapse_ink: float. Warn below this ink ratio. Defaults to 0.5.
+        landmarks: optional array (N, K, 2): `(x, y)` pixel positions of K
+            points in each input image (rows with NaN: not annotated).
+        eyes: pair of indices into the K points whose mean distance
+            normalises the error. Defaults to `(0, 1)`.
     """
 
-    def __init__(self, images, every=1, collapse_ink=0.5):
+    def __init__(self, images, every=1, collapse_ink=0.5, landmarks=None, eyes=(0, 1)):
         super().__init__()
         self.images = np.asarray(images, dtype="float32")
         self.every = int(every)
         self.collapse_ink = float(collapse_ink)
+        self.eyes = tuple(eyes)
+        self.landmarks = None
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks, "float64")
+            if landmarks.ndim != 3 or landmarks.shape[0] != len(self.images) \
+                    or landmarks.shape[-1] != 2:
+                raise ValueError(
+                    f"Expected landmarks of shape ({len(self.images)}, K, 2) for "
+                    f"{len(self.images)} images, received {landmarks.shape}."
+                )
+            self.annotated = np.all(np.isfinite(landmarks), axis=(1, 2))
+            if not self.annotated.any():
+                raise ValueError("`landmarks` has no image with every point finite.")
+            self.landmarks = landmarks[self.annotated]
         self.history = []
 
     def measure(self):
         result = self.model.align(self.images, batch_size=512)
         scales = content_scale(result["transforms"], self.images.shape[1:3])
-        return {
+        measures = {
             "apsnr": compute_apsnr(result["aligned"], data_range=1.0),
             "ink_kept": ink_kept(self.images, result["aligned"]),
             "scale": float(np.median(scales)),
         }
+        if self.landmarks is not None:
+            points = aligned_points(self.landmarks, result["transforms"][self.annotated])
+            measures["landmark_error"] = landmark_error(points, self.eyes)["error_percent"]
+        return measures
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:

@@ -5,6 +5,7 @@ command line can show its defaults instantly; written as JSON beside outputs.
 
 import dataclasses
 import json
+import math
 
 from keras_congeal.constants import (
     DISTORTION_FEATURES,
@@ -53,7 +54,12 @@ class CongealSettings:
             mean of the warp parameters: joint alignment is defined up to one
             transform common to all images, and this pins it to the identity
             (0 = none).
+        min_steps: at least this many training steps: on a small set the
+            epochs are raised to cover them (`epochs_for`).
         seed: seeds Keras, NumPy and the reference sample.
+
+    `CongealSettings()` holds the digit defaults; `for_preset("lfw")` the
+    face defaults (see `keras_congeal.presets`).
     """
 
     preset: str | None = None
@@ -75,11 +81,13 @@ class CongealSettings:
     distortion_target: str = "reference"
     distortion_window: float = 0.0
     centring_weight: float = 0.0
+    min_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.min_steps >= 0, "min_steps", "an integer >= 0"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.learning_rate > 0, "learning_rate", "a number > 0"),
             (self.lam >= 0, "lam", "a number >= 0"),
@@ -99,6 +107,19 @@ class CongealSettings:
         for ok, name, expected in checks:
             if not ok:
                 raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {expected}.")
+
+    @classmethod
+    def for_preset(cls, preset, **changes):
+        """The defaults of `preset` (`"mnist"` or `"lfw"`), with `changes`."""
+        from keras_congeal.presets import preset_settings
+
+        return cls(**{**preset_settings(preset), "preset": preset, **changes})
+
+    def epochs_for(self, num_images):
+        """Epochs to train on `num_images` images: `epochs`, or more when
+        they would give fewer than `min_steps` steps."""
+        steps_per_epoch = math.ceil(num_images / self.batch_size)
+        return max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -19,6 +19,9 @@ from keras_congeal.settings import CongealSettings
 
 __all__ = ["CongealSettings", "build_congealer", "fit_congealer"]
 
+# Epochs measured by the `AlignmentMonitor` of `fit_congealer`, at most.
+MONITORED_EPOCHS = 30
+
 
 def build_congealer(settings, reference, strategy=None):
     """A built and compiled `Congealer` for `settings`, aligning to `reference`
@@ -33,7 +36,7 @@ def build_congealer(settings, reference, strategy=None):
 
 
 def _build(settings, reference, strategy):
-    preset = settings.preset or preset_for_size(*reference.shape[:2])
+    preset = settings.preset or preset_for_size(*reference.shape)
     model = Congealer.from_preset(
         preset,
         reference=reference,
@@ -70,7 +73,9 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
     Args:
         images: array-like (N, H, W[, C]), uint8 or floats in [0, 1]; a
             NumPy array, a memory map or an h5py dataset (read batch by batch).
-        settings: `CongealSettings`. Defaults to `CongealSettings()`.
+        settings: `CongealSettings`. Defaults to `CongealSettings()` (the
+            digit defaults; `CongealSettings.for_preset("lfw")` for faces).
+            Trains `settings.epochs_for(len(images))` epochs.
         monitor_size: int. Images of a fixed random sample whose APSNR, ink
             kept and content scale are logged every epoch (0: none).
         callbacks: extra Keras callbacks (e.g. `BackupAndRestore`).
@@ -96,12 +101,17 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
                                         data_range=data_range, seed=settings.seed)
         model = build_congealer(settings, reference, strategy=strategy)
     callbacks = list(callbacks)
+    epochs = settings.epochs_for(len(images))
     if monitor_size:
         rng = np.random.default_rng(settings.seed)
         picks = np.sort(rng.choice(len(images), min(monitor_size, len(images)), replace=False))
-        callbacks.insert(0, AlignmentMonitor(as_float_images(images[picks], data_range)))
+        # About MONITORED_EPOCHS measures whatever the number of epochs.
+        every = max(1, round(epochs / MONITORED_EPOCHS))
+        callbacks.insert(0, AlignmentMonitor(as_float_images(images[picks], data_range),
+                                             every=every))
     batches = ImageBatches(images, settings.batch_size, shuffle=True, seed=settings.seed)
-    history = model.fit(batches, epochs=settings.epochs, initial_epoch=initial_epoch,
+    history = model.fit(batches, epochs=epochs,
+                        initial_epoch=initial_epoch,
                         callbacks=callbacks, verbose=verbose)
     return model, history
 

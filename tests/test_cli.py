@@ -21,6 +21,7 @@ from PIL import Image
 from keras_congeal.cli import SETTING_FLAGS, main
 from keras_congeal.data import load_demo
 from keras_congeal.metrics import apsnr
+from keras_congeal.presets import preset_settings
 from keras_congeal.training import CongealSettings
 from tests.conftest import REPO
 
@@ -87,10 +88,13 @@ def test_every_setting_has_a_flag_and_its_default_in_help():
     assert code == 0
     text = " ".join(out.split())
     defaults = CongealSettings()
+    faces = preset_settings("lfw")
     for name, flag in SETTING_FLAGS.items():
         assert flag in text
         value = getattr(defaults, name)
-        if value is not None:
+        if name in faces:
+            assert f"(default: {value}; lfw: {faces[name]})" in text, name
+        elif value is not None:
             assert f"(default: {value})" in text, name
 
 
@@ -417,8 +421,9 @@ def test_congeal_rgb_folder(tmp_path):
     names = [f"{i:03d}.png" for i in range(40)]
     for name, digit in zip(names, digits, strict=True):
         Image.fromarray(np.stack([digit, digit // 2, 255 - digit], axis=-1)).save(folder / name)
+    # Colour images: --preset auto chooses lfw (photographs) and its settings.
     code, stdout, err = run(["congeal", folder, "-o", tmp_path / "out", "--reference", 3,
-                             "--transform", "similarity", *TINY])
+                             "--transform", "similarity", "--min-steps", "0", *TINY])
     assert code == 0, err
     out = tmp_path / "out"
     assert set(os.listdir(out)) == CONGEAL_FILES | {"filenames.json"}
@@ -430,4 +435,6 @@ def test_congeal_rgb_folder(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["reference_index"] == 3 and report["settings"]["transform"] == "similarity"
     assert report["image_shape"] == [28, 28, 3] and report["oracle"] is None
+    assert report["preset"] == "lfw"
+    assert report["settings"]["distortion_features"] == "local-contrast"
     assert "RGB images" in stdout

@@ -5,6 +5,7 @@ The CI runs this file on TensorFlow (`make test-tensorflow`) and on JAX
 (`make test-jax`); the processes started here use the suite's backend.
 """
 
+import json
 import os
 import shutil
 import struct
@@ -243,3 +244,23 @@ def test_ctrl_c_during_set_up_exits_130(tmp_path):
     _, _, code, err = _interrupted_run(tmp_path, "set-up")
     assert code == 130, err[-3000:]
     assert len(err.splitlines()) == 1 and "interrupted" in err, err
+
+
+def test_preset_lfw_uses_the_face_settings(tmp_path):
+    # `congeal FACES --preset lfw`, nothing else: the face defaults of
+    # keras_congeal.presets, said in the summary and written to settings.json.
+    from keras_congeal.presets import preset_settings
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "faces.npy", rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    done = congeal(["faces.npy", "--preset", "lfw", "--output", "out", "--min-steps", "4",
+                    "--epochs", "1", "--batch-size", "8", "--quiet"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    expected = {**preset_settings("lfw"), "min_steps": 4, "epochs": 1, "batch_size": 8}
+    assert {k: settings[k] for k in expected} == expected
+    assert settings["preset"] == "lfw"
+    assert "lfw preset, similarity, D, 2 epochs" in done.stdout
+    assert "local-contrast vs batch-mean" in done.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["epochs"] == 2  # 12 images in batches of 8: 2 steps an epoch, 4 steps

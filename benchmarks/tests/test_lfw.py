@@ -142,6 +142,26 @@ def test_landmark_error_is_invariant_to_a_shared_similarity():
         lfw.landmark_error(points)["error_percent"])
 
 
+def test_similarity_oracle_undoes_known_similarities():
+    # One shape under 30 random similarities (and a little noise): the
+    # fitted similarities bring the error from ~20% to the noise level.
+    rng = np.random.default_rng(2)
+    shape = np.array([[20.0, 25.0], [44.0, 25.0], [32.0, 40.0]])
+    moved = []
+    for _ in range(30):
+        angle, scale, shift = rng.normal(0, 0.2), np.exp(rng.normal(0, 0.1)), rng.normal(0, 3, 2)
+        rotation = scale * np.array([[np.cos(angle), -np.sin(angle)],
+                                     [np.sin(angle), np.cos(angle)]])
+        moved.append((shape - 32) @ rotation.T + 32 + shift + rng.normal(0, 0.05, (3, 2)))
+    moved = np.stack(moved)
+    assert lfw.landmark_error(moved)["error_percent"] > 10
+    matrices = lfw.similarity_to_mean(moved)
+    fitted = np.einsum("nij,nkj->nki", matrices[:, :2, :2], moved) + matrices[:, None, :2, 2]
+    assert lfw.landmark_error(fitted)["error_percent"] < 0.5
+    np.testing.assert_allclose(matrices[:, 0, 0], matrices[:, 1, 1])  # similarities
+    np.testing.assert_allclose(matrices[:, 0, 1], -matrices[:, 1, 0])
+
+
 def test_landmark_error_rejects_bad_shapes():
     with pytest.raises(ValueError, match="shape"):
         lfw.landmark_error(np.zeros((3, 2)))
@@ -170,7 +190,8 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     if data is None:
         pytest.skip("LFW data not found (set KERAS_CONGEAL_DATA)")
     argv = ["--data", str(data), "--subjects", "Jennifer_Capriati", "--limit", "8",
-            "--epochs", "1", "--methods", "input", "keras_congeal", "--size", "32",
+            "--epochs", "1", "--min-steps", "0", "--size", "32",
+            "--methods", "input", "oracle-similarity", "keras_congeal",
             "--inits", "0", "--monitor-size", "0", "--output-dir", str(tmp_path)]
     assert lfw.main(argv) == 0
     result = json.loads((tmp_path / "lfw.json").read_text())
@@ -181,8 +202,9 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     for key in ("command", "machine", "versions", "keras", "started"):
         assert key in run
     assert set(result["results"]) == {"Jennifer_Capriati/init0/input",
+                                      "Jennifer_Capriati/init0/oracle-similarity",
                                       "Jennifer_Capriati/init0/keras_congeal"}
-    for method in ("input", "keras_congeal"):
+    for method in ("input", "oracle-similarity", "keras_congeal"):
         entry = result["results"][f"Jennifer_Capriati/init0/{method}"]
         for key in ("apsnr", "landmark_error_percent", "content_scale_median", "seconds",
                     "images", "images_with_landmarks", "crop_matrix", "landmarks"):
@@ -192,7 +214,17 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
         assert np.isfinite(entry["apsnr"]) and entry["landmark_error_percent"] > 0
         assert len(entry["landmarks"]["spread_percent"]) == 3
     assert result["results"]["Jennifer_Capriati/init0/input"]["content_scale_median"] == 1.0
-    assert result["results"]["Jennifer_Capriati/init0/keras_congeal"]["epochs"] == 1
+    congealed = result["results"]["Jennifer_Capriati/init0/keras_congeal"]
+    assert congealed["epochs"] == 1 and congealed["settings"]["distortion_target"] == "batch-mean"
+    # The trajectory: the landmark error after the epoch, as measured at the end.
+    assert [p["step"] for p in congealed["trajectory"]] == [1]
+    assert congealed["trajectory"][0]["landmark_error"] == pytest.approx(
+        congealed["landmark_error_percent"], rel=1e-4)
+    # The similarity oracle aligns the landmarks better than the input.
+    oracle = result["results"]["Jennifer_Capriati/init0/oracle-similarity"]
+    assert oracle["landmark_error_percent"] < entry["landmark_error_percent"] or \
+        oracle["landmark_error_percent"] < result["results"][
+            "Jennifer_Capriati/init0/input"]["landmark_error_percent"]
     with np.load(tmp_path / "lfw_means.npz") as means:
         assert means["Jennifer_Capriati/init0/keras_congeal"].shape == (32, 32, 3)
         assert means["Jennifer_Capriati/frame_mean"].shape == (150, 150, 3)

@@ -71,6 +71,11 @@ SETTING_FLAGS = {
     "ink_weight": "--ink-weight",
     "distortion_blur": "--distortion-blur",
     "scale_weight": "--scale-weight",
+    "distortion_features": "--distortion-features",
+    "distortion_target": "--distortion-target",
+    "distortion_window": "--distortion-window",
+    "centring_weight": "--centring-weight",
+    "min_steps": "--min-steps",
     "seed": "--seed",
 }
 
@@ -102,20 +107,29 @@ def _align_batch_size():
 
 def _add_settings(parser):
     """One flag per `CongealSettings` field; their defaults are the dataclass's."""
-    from keras_congeal.constants import FUSIONS, OBJECTIVES, TRANSFORMS
-    from keras_congeal.presets import PRESETS
+    from keras_congeal.constants import (
+        DISTORTION_FEATURES,
+        DISTORTION_TARGETS,
+        FUSIONS,
+        OBJECTIVES,
+        TRANSFORMS,
+    )
+    from keras_congeal.presets import PRESETS, preset_settings
     from keras_congeal.reference import STRATEGIES
     from keras_congeal.settings import CongealSettings
 
     defaults = CongealSettings()
+    faces = preset_settings("lfw")
     group = parser.add_argument_group(
-        "settings", "defaults are those of keras_congeal.settings.CongealSettings; with "
-        "--resume, those not given are the interrupted run's"
+        "settings", "defaults are those of the preset (keras_congeal.settings.CongealSettings"
+        ".for_preset): the digit defaults, and the face defaults for --preset lfw where "
+        "shown; with --resume, those not given are the interrupted run's"
     )
     specs = {
         "preset": ({"choices": ["auto", *sorted(PRESETS)]},
-                   "architecture of the paper's Table 1",
-                   "auto: mnist up to 64 pixels, lfw above"),
+                   "architecture of the paper's Table 1 and its training defaults",
+                   "auto: mnist for greyscale images up to 64 pixels, lfw for colour or "
+                   "larger images"),
         "transform": ({"choices": sorted(TRANSFORMS)}, "transform family", None),
         "fusion": ({"choices": list(FUSIONS)},
                    "how DeSTNet stages combine (additive is the paper's)", None),
@@ -141,6 +155,20 @@ def _add_settings(parser):
         "scale_weight": ({"type": float, "metavar": "W"},
                          "weight of the scale anchor: keeps the set's mean scale (0: none)",
                          None),
+        "distortion_features": ({"choices": list(DISTORTION_FEATURES)},
+                                "what the distortion compares: pixels (the paper's) or "
+                                "local-contrast (illumination-invariant structure)", None),
+        "distortion_target": ({"choices": list(DISTORTION_TARGETS)},
+                              "what the distortion compares with: the reference image, or "
+                              "the aligned batch's mean", None),
+        "distortion_window": ({"type": float, "metavar": "SIGMA"},
+                              "centred Gaussian weight on the distortion, sigma as a "
+                              "fraction of the image side (0: uniform)", None),
+        "centring_weight": ({"type": float, "metavar": "W"},
+                            "weight of the centring penalty: keeps the set's mean warp at "
+                            "the identity (0: none)", None),
+        "min_steps": ({"type": int, "metavar": "N"},
+                      "train at least N steps (more epochs on small sets)", None),
         "seed": ({"type": int}, "seeds Keras, NumPy and the reference sample", None),
     }
     missing = set(SETTING_FLAGS) ^ {f.name for f in dataclasses.fields(CongealSettings)}
@@ -148,7 +176,10 @@ def _add_settings(parser):
         raise RuntimeError(f"CongealSettings fields without a flag (or stale flags): {missing}")
     for name, flag in SETTING_FLAGS.items():
         options, text, shown = specs[name]
-        shown = getattr(defaults, name) if shown is None else shown
+        if shown is None:
+            shown = getattr(defaults, name)
+            if name in faces:
+                shown = f"{shown}; lfw: {faces[name]}"
         group.add_argument(flag, default=None, help=f"{text} (default: {shown})",
                            **{"dest": name, **options})
 

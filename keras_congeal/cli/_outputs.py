@@ -165,6 +165,13 @@ def summary_lines(report, output):
             f"learning rate {settings['learning_rate']:g}, lambda {settings['lam']:g}, "
             f"ink weight {settings['ink_weight']:g}, seed {settings['seed']}"
         )
+        if settings.get("distortion_features", "pixels") != "pixels" or \
+                settings.get("distortion_target", "reference") != "reference":
+            lines.append(
+                f"  distortion {settings['distortion_features']} vs "
+                f"{settings['distortion_target']}, window {settings['distortion_window']:g}, "
+                f"centring weight {settings['centring_weight']:g}"
+            )
         index, reference = report.get("reference_index"), report["reference"]
         if index is not None:
             reference = f"image {index} ({reference})"

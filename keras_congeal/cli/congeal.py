@@ -109,16 +109,20 @@ def _read_json(path):
         raise InputError(f"{path}: cannot read it ({error}); remove the unfinished run") from None
 
 
-def _resolve_settings(given, out, flags):
-    """The run's settings: `given` over the defaults, or the interrupted run's.
+def _resolve_settings(given, out, flags, image_shape):
+    """The run's settings: `given` over the preset's defaults, or the
+    interrupted run's.
 
     Args:
         given: dict of the settings given on the command line.
         out: the `AtomicOutputDir`.
         flags: dict, setting name -> its command-line flag (for messages).
+        image_shape: `(H, W, C)` of the images (chooses the preset for auto).
     """
     if not out.resuming:
-        return CongealSettings(**given)
+        preset = given.get("preset") or preset_for_size(*image_shape)
+        changes = {name: value for name, value in given.items() if name != "preset"}
+        return CongealSettings.for_preset(preset, **changes)
     try:
         saved = CongealSettings.from_dict(_read_json(out.file(SETTINGS_FILE)))
     except ValueError as error:
@@ -138,7 +142,7 @@ def _resolve_settings(given, out, flags):
 def _resolved(settings, image_shape):
     """`settings` with what "auto" stands for written out: the preset chosen
     from the image size and its code size, as the run uses them."""
-    preset = settings.preset or preset_for_size(*image_shape[:2])
+    preset = settings.preset or preset_for_size(*image_shape)
     code_size = settings.code_size or get_preset(preset)["autoencoder"]["code_size"]
     return dataclasses.replace(settings, preset=preset, code_size=code_size)
 
@@ -248,10 +252,11 @@ def _train(out, inputs, settings, model, quiet):
         and this session's training time.
     """
     backup_dir = out.file(BACKUP_DIR)
+    epochs = settings.epochs_for(inputs.count)
     resumed_after = _backup_epoch(backup_dir)
     _history(out.file(HISTORY_FILE), resumed_after)  # drops epochs logged after the backup
     if out.resuming and not quiet:
-        print(f"resuming {out.partial} after epoch {resumed_after} of {settings.epochs}")
+        print(f"resuming {out.partial} after epoch {resumed_after} of {epochs}")
     start = time.perf_counter()
     callbacks = [
         _EpochLog(out.file(HISTORY_FILE)),
@@ -262,7 +267,7 @@ def _train(out, inputs, settings, model, quiet):
     model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
                              verbose=0 if quiet else "auto", model=model)
     seconds = time.perf_counter() - start
-    return model, _history(out.file(HISTORY_FILE), settings.epochs), resumed_after, seconds
+    return model, _history(out.file(HISTORY_FILE), epochs), resumed_after, seconds
 
 
 def run_congeal(args, given, flags, out, inputs):
@@ -287,8 +292,9 @@ def run_congeal(args, given, flags, out, inputs):
         say(f"--resume: no unfinished run in {out.partial}; starting a new one")
     # === Checks and set-up: nothing is written ===
     if "preset" in given and given["preset"] is None:  # --preset auto
-        given["preset"] = preset_for_size(*inputs.image_shape[:2])
-    settings = _resolved(_resolve_settings(given, out, flags), inputs.image_shape)
+        given["preset"] = preset_for_size(*inputs.image_shape)
+    settings = _resolved(_resolve_settings(given, out, flags, inputs.image_shape),
+                         inputs.image_shape)
     info = inputs.info(args.limit)
     if out.resuming:
         _check_same_input(out, info)
@@ -297,8 +303,11 @@ def run_congeal(args, given, flags, out, inputs):
     preset = settings.preset
     shown = (settings.reference if reference_index is None
              else f"image {reference_index} ({settings.reference})")
+    epochs = settings.epochs_for(inputs.count)
+    if settings.distortion_target == "batch-mean":
+        shown = f"{shown}; the distortion compares with the aligned batch's mean"
     say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
-        f"{settings.epochs} epoch(s); reference: {shown}")
+        f"{settings.objective}, {epochs} epoch(s); reference: {shown}")
 
     # === Training and outputs, in DIR.partial/ ===
     partial = out.begin()
@@ -333,7 +342,7 @@ def run_congeal(args, given, flags, out, inputs):
                 "aligning": align_seconds,
                 "total": time.perf_counter() - start_time,
             },
-            "epochs": settings.epochs,
+            "epochs": epochs,
             "resumed_from_epoch": resumed_after if out.resuming else None,
             "preset": preset,
             "reference": settings.reference,
