@@ -31,7 +31,7 @@ from keras_congeal_serving.images import encode_png
 from keras_congeal_serving.progress import Progress
 from keras_congeal_serving.sources import FolderSource, iter_chunks, open_source
 
-__all__ = ["run_align"]
+__all__ = ["run_align", "write_json_atomic"]
 
 
 def _check_output(output: str, input_path: str, overwrite: bool) -> None:
@@ -74,6 +74,19 @@ def _commit(tmp: str, output: str) -> None:
         os.rename(backup, output)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json_atomic(path: str, value) -> None:
+    """Writes `value` as JSON beside `path`, then moves it into place in one `os.replace`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _png_names(filenames: list[str]) -> list[str]:

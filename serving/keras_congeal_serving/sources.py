@@ -27,7 +27,7 @@ from keras_congeal_serving.images import (
     open_image,
 )
 
-__all__ = ["ArraySource", "FolderSource", "open_source"]
+__all__ = ["ArraySource", "FolderSource", "image_file_shape", "iter_chunks", "open_source"]
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -41,9 +41,13 @@ class ArraySource:
     filenames: list[str] | None = None
     uniform = True
 
-    def __init__(self, path: str, key: str | None, shape, dtype, reader, closer=None):
+    def __init__(
+        self, path: str, key: str | None, shape, dtype, reader, closer=None, sequential=False
+    ):
         self.path = path
         self.key = key
+        # True when rows can only be read in order, from the first (.npz streams).
+        self.sequential = sequential
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self._reader = reader
@@ -60,42 +64,68 @@ class ArraySource:
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._reader(start, stop))
 
+    def view(self, start: int, stop: int) -> ArraySource:
+        """The rows `start:stop` as a source of their own (closing it closes this one)."""
+        if self.sequential and start != 0:
+            raise ValueError(f"{self.describe()}: rows can only be read from the first")
+        return ArraySource(
+            self.path,
+            self.key,
+            (stop - start, *self.shape[1:]),
+            self.dtype,
+            lambda a, b: self._reader(start + a, start + b),
+            self.close,
+            self.sequential,
+        )
+
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
             self._closer = None
 
 
+def image_file_shape(path: str, channels: int | None = None) -> tuple[int, int, int]:
+    """`(height, width, channels)` of a PNG/JPEG file from its header alone.
+
+    Raises `UnreadableInputError` for a file that is not a PNG/JPEG (by its
+    name or its bytes) and `InputError` when its channels differ from `channels`.
+    """
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        raise UnreadableInputError(
+            f"{path}: not a PNG or JPEG file (expected {', '.join(IMAGE_SUFFIXES)})"
+        )
+    with open_image(path, path) as image:
+        check_image(image, path, channels)
+        width, height = image.size
+        return height, width, image_channels(image)
+
+
 class FolderSource:
-    """PNG/JPEG files of one directory, sorted by name, decoded to uint8."""
+    """PNG/JPEG files of one directory, sorted by name, decoded to uint8.
+
+    Args:
+        path: str. The directory.
+        channels: optional int. Channels the model expects (checked per header).
+        names: optional list of str. Files to read, relative to `path`, in this
+            order; defaults to every non-hidden file of `path`, sorted by name.
+    """
 
     kind = "folder"
     key = None
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, path: str, channels: int | None = None):
+    def __init__(self, path: str, channels: int | None = None, names: list[str] | None = None):
         self.path = path
-        names = sorted(
-            entry.name
-            for entry in os.scandir(path)
-            if not entry.name.startswith(".") and entry.is_file()
-        )
+        if names is None:
+            names = sorted(
+                entry.name
+                for entry in os.scandir(path)
+                if not entry.name.startswith(".") and entry.is_file()
+            )
         if not names:
             raise InputError(f"{path}: no PNG or JPEG files in this directory")
-        for name in names:
-            if not name.lower().endswith(IMAGE_SUFFIXES):
-                raise UnreadableInputError(
-                    f"{os.path.join(path, name)}: not a PNG or JPEG file "
-                    f"(expected {', '.join(IMAGE_SUFFIXES)})"
-                )
-        self.filenames = names
-        self.shapes = []
-        for name in names:
-            full = os.path.join(path, name)
-            with open_image(full, full) as image:
-                check_image(image, full, channels)
-                width, height = image.size
-                self.shapes.append((height, width, image_channels(image)))
+        self.filenames = list(names)
+        self.shapes = [image_file_shape(os.path.join(path, name), channels) for name in names]
         self.channels_seen = sorted({s[2] for s in self.shapes})
         if len(self.channels_seen) > 1:
             raise InputError(f"{path}: mixes greyscale and colour images")
@@ -178,7 +208,7 @@ def _open_npz(path: str, key: str | None) -> ArraySource:
         stream.close()
         archive.close()
 
-    return ArraySource(path, key, shape, dtype, reader, closer)
+    return ArraySource(path, key, shape, dtype, reader, closer, sequential=True)
 
 
 def _hdf5_datasets(handle) -> list[str]:

@@ -1,0 +1,216 @@
+"""`ray-align` on a local Ray cluster (`ray.init(num_cpus=2)`, one per module).
+
+The reference is the single-process `align` command on the same files: the
+shards, concatenated in manifest order, must be bit for bit its output.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+
+from keras_congeal_serving.__main__ import main
+from keras_congeal_serving.errors import InputError
+from keras_congeal_serving.ray_align import ray_align
+from keras_congeal_serving.testing import expected_translation, translation_matrices
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield context.address_info["address"]
+    ray.shutdown()
+
+
+def save_pngs(folder, images, prefix="img"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{prefix}{index:02d}.png")
+
+
+def read_shards(output, manifest):
+    """Concatenated aligned images, transforms and filenames of the finished shards."""
+    aligned, transforms, names = [], [], []
+    for shard in manifest["shards"]:
+        if shard["status"] == "failed":
+            continue
+        folder = output / shard["path"]
+        aligned.append(np.load(folder / "aligned.npy"))
+        transforms.append(np.load(folder / "transforms.npy"))
+        if (folder / "filenames.json").exists():
+            names += json.loads((folder / "filenames.json").read_text())
+    return aligned, transforms, names
+
+
+def align_command(model, path, output, *extra):
+    assert (
+        main(["align", str(model), str(path), "--output", str(output), "--no-progress", *extra])
+        == 0
+    )
+    return np.load(output / "aligned.npy"), np.load(output / "transforms.npy")
+
+
+def test_matches_the_align_command(ray_address, grey_model, tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    save_pngs(data / "pngs", rng.integers(0, 256, (7, 8, 8), dtype=np.uint8))
+    np.save(data / "a.npy", rng.integers(0, 256, (10, 8, 8), dtype=np.uint8))
+    with h5py.File(data / "b.h5", "w") as f:
+        f.create_dataset("images", data=rng.random((5, 8, 8, 1)))  # float64 in [0, 1]
+    np.savez_compressed(data / "c.npz", images=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8))
+
+    output = tmp_path / "ray"
+    manifest = ray_align(
+        grey_model,
+        str(data / "**" / "*"),
+        output,
+        num_workers=2,
+        batch_size=2,
+        shard_size=3,
+        progress=False,
+    )
+    assert manifest["complete"] and manifest["bad_files"] == []
+    assert manifest["count"] == 7 + 10 + 5 + 6
+    # 7 images -> 3 shards; a.npy 10 rows -> 4; b.h5 5 rows -> 2; c.npz one stream -> 1.
+    assert [s["count"] for s in manifest["shards"]] == [3, 3, 1, 3, 3, 3, 1, 3, 2, 6]
+    assert manifest["shards_done"] == 10 and manifest["providers"] == ["CPUExecutionProvider"]
+    aligned, transforms, names = read_shards(output, manifest)
+
+    ref, ref_t = align_command(grey_model, data / "pngs", tmp_path / "ref_pngs")
+    np.testing.assert_array_equal(np.concatenate(aligned[:3]), ref)
+    np.testing.assert_array_equal(np.concatenate(transforms[:3]), ref_t)
+    assert names == [f"pngs/img{i:02d}.png" for i in range(7)]
+    for name, shards, extra in (
+        ("a.npy", slice(3, 7), ()),
+        ("b.h5", slice(7, 9), ()),
+        ("c.npz", slice(9, 10), ()),
+    ):
+        ref, ref_t = align_command(grey_model, data / name, tmp_path / f"ref_{name}", *extra)
+        got = np.concatenate(aligned[shards])
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name
+        np.testing.assert_array_equal(got, ref, err_msg=name)
+        np.testing.assert_array_equal(np.concatenate(transforms[shards]), ref_t, err_msg=name)
+    assert all(t.dtype == np.float64 for t in transforms)
+    shard = json.loads((output / "shards" / "000004" / "shard.json").read_text())
+    assert shard["source"] == {"file": str(data / "a.npy"), "key": None, "rows": [3, 6]}
+
+
+def test_rerun_skips_finished_shards_and_redoes_the_rest(ray_address, grey_model, tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (8, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "d.npy", images)
+    output = tmp_path / "out"
+    kwargs = dict(shard_size=2, batch_size=2, num_workers=2, progress=False)
+    first = ray_align(grey_model, tmp_path / "d.npy", output, **kwargs)
+    assert first["shards_done"] == 4 and first["shards_skipped"] == 0
+    shards = output / "shards"
+    # A killed run: shard 000002 never finished and left its temporary directory.
+    lost = np.load(shards / "000002" / "aligned.npy")
+    for path in (shards / "000002").iterdir():
+        path.unlink()
+    (shards / "000002").rmdir()
+    (shards / ".000002.partial-killed").mkdir()
+    old = 1_000_000_000
+    for name in ("000000", "000001", "000003"):
+        for path in (shards / name).iterdir():
+            os.utime(path, ns=(old, old))
+
+    second = ray_align(grey_model, tmp_path / "d.npy", output, **kwargs)
+    assert second["shards_skipped"] == 3 and second["shards_done"] == 1
+    assert second["aligned_this_run"] == 2 and second["count"] == 8
+    assert [s["status"] for s in second["shards"]] == ["skipped", "skipped", "done", "skipped"]
+    for name in ("000000", "000001", "000003"):  # not rewritten
+        assert {p.stat().st_mtime_ns for p in (shards / name).iterdir()} == {old}
+    assert sorted(p.name for p in shards.iterdir()) == ["000000", "000001", "000002", "000003"]
+    np.testing.assert_array_equal(np.load(shards / "000002" / "aligned.npy"), lost)
+    aligned, transforms, _ = read_shards(output, second)
+    np.testing.assert_array_equal(np.concatenate(aligned), expected_translation(images, (1, 0)))
+    np.testing.assert_array_equal(np.concatenate(transforms), translation_matrices((1, 0), 8))
+    # Another shard size is another job: refused, nothing touched.
+    with pytest.raises(InputError, match="another model, input"):
+        ray_align(grey_model, tmp_path / "d.npy", output, **{**kwargs, "shard_size": 3})
+
+
+def _truncated_png(path):
+    """Header fine (passes the header check), pixel data cut: fails when decoded."""
+    noise = np.random.default_rng(4).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    data = tmp_path / "data"
+    save_pngs(data, images)
+    (data / "img01.png").write_bytes(b"not really a png")
+    _truncated_png(data / "img03.png")
+    Image.new("L", (9, 8)).save(data / "wide.png")
+    (data / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    good = [0, 2, 4]
+    output = tmp_path / "out"
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_congeal_serving",
+            "ray-align",
+            grey_model,
+            str(data),
+            "--output",
+            str(output),
+            "--address",
+            ray_address,
+            "--shard-size",
+            "4",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 3, process.stderr
+    assert "4 bad files" in process.stderr.splitlines()[-1], process.stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    reasons = {os.path.basename(b["file"]): b["reason"] for b in manifest["bad_files"]}
+    assert sorted(reasons) == ["broken.npy", "img01.png", "img03.png", "wide.png"]
+    assert "not a PNG or JPEG image" in reasons["img01.png"]
+    assert "cannot decode image" in reasons["img03.png"]
+    assert reasons["wide.png"] == "image is 8x9 (HxW); expected 8x8"
+    assert "cannot read .npy" in reasons["broken.npy"]
+    assert manifest["complete"] and manifest["count"] == 3
+    aligned, transforms, names = read_shards(output, manifest)
+    assert names == [f"img{i:02d}.png" for i in good]
+    np.testing.assert_array_equal(
+        np.concatenate(aligned), expected_translation(images[good], (1, 0))
+    )
+    # The bad files of a finished shard are kept in its shard.json: a rerun lists them too.
+    rerun = ray_align(grey_model, data, output, shard_size=4, progress=False)
+    assert rerun["shards_skipped"] == 2 and rerun["shards_done"] == 0
+    assert sorted(os.path.basename(b["file"]) for b in rerun["bad_files"]) == sorted(reasons)
+
+
+def test_command_line_errors_need_no_cluster(grey_model, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "keras_congeal_serving", "ray-align", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    process = run(grey_model, tmp_path / "nothing*.npy", "--output", tmp_path / "out")
+    assert process.returncode == 1
+    assert process.stderr.splitlines() == [
+        f"keras-congeal-serving: error: {tmp_path / 'nothing*.npy'}: no such file or "
+        "directory, and no file matches this pattern"
+    ]
+    assert not (tmp_path / "out").exists()
+    process = run(grey_model, tmp_path, "--output", tmp_path / "out", "--num-workers", "0")
+    assert process.returncode == 2 and "--num-workers" in process.stderr
