@@ -32,7 +32,7 @@ import logging
 import sys
 
 from keras_congeal_serving import __version__
-from keras_congeal_serving.errors import InputError, ModelError, ProviderError
+from keras_congeal_serving.errors import InputError, ModelError, ProviderError, WorkerError
 
 __all__ = ["build_parser", "main"]
 
@@ -279,7 +279,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ray-align":
             return _ray_align(args)
         return _serve(args)
-    except (InputError, ModelError, ProviderError, OSError, ValueError, ImportError) as error:
+    except (
+        InputError,
+        ModelError,
+        ProviderError,
+        WorkerError,
+        OSError,
+        ValueError,
+        ImportError,
+    ) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,7 +41,7 @@ import numpy as np
 from keras_congeal_serving import __version__
 from keras_congeal_serving.aligner import DEFAULT_BATCH_SIZE, Aligner, resolve_providers
 from keras_congeal_serving.batch import _check_output, _commit, _write_uniform, write_json_atomic
-from keras_congeal_serving.errors import InputError, UnreadableInputError
+from keras_congeal_serving.errors import InputError, UnreadableInputError, WorkerError
 from keras_congeal_serving.images import IMAGE_SUFFIXES, decode_image
 from keras_congeal_serving.progress import Progress
 from keras_congeal_serving.sources import (
@@ -287,31 +288,33 @@ class ShardAligner:
 # === Driver ===
 
 
-def _prepare_output(output: str, job: dict) -> str:
-    """Creates `output` or checks that it holds the same job; returns the shards dir."""
+def _check_job(output: str, job: dict) -> None:
+    """Refuses an `output` that holds anything but an earlier run of this very job."""
+    if not (os.path.isdir(output) and os.listdir(output)):
+        return
+    try:
+        with open(os.path.join(output, JOB_FILE)) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        raise InputError(
+            f"{output}: exists and is not a ray-align output (no readable {JOB_FILE})"
+        ) from None
+    if any(previous.get(k) != job[k] for k in ("model_sha256", "plan_sha256")):
+        raise InputError(
+            f"{output}: holds a ray-align run of another model, input, --key or "
+            "--shard-size; choose another --output"
+        )
+
+
+def _create_output(output: str, job: dict) -> None:
+    """Creates `output/shards` and `job.json`; removes what a killed run left half-written."""
     shards = os.path.join(output, SHARDS_DIR)
-    job_path = os.path.join(output, JOB_FILE)
-    if os.path.isdir(output) and os.listdir(output):
-        try:
-            with open(job_path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            raise InputError(
-                f"{output}: exists and is not a ray-align output (no readable {JOB_FILE})"
-            ) from None
-        keys = ("model_sha256", "plan_sha256")
-        if any(previous.get(k) != job[k] for k in keys):
-            raise InputError(
-                f"{output}: holds a ray-align run of another model, input, --key or "
-                "--shard-size; choose another --output"
-            )
     os.makedirs(shards, exist_ok=True)
-    for entry in os.scandir(shards):  # what a killed run left half-written
+    for entry in os.scandir(shards):
         if entry.name.startswith(".") and ".partial-" in entry.name:
             shutil.rmtree(entry.path, ignore_errors=True)
-    if not os.path.exists(job_path):
-        write_json_atomic(job_path, job)
-    return shards
+    if not os.path.exists(os.path.join(output, JOB_FILE)):
+        write_json_atomic(os.path.join(output, JOB_FILE), job)
 
 
 def _finished(shards: str, unit: dict) -> dict | None:
@@ -324,7 +327,8 @@ def _finished(shards: str, unit: dict) -> dict | None:
     return info if info.get("unit_sha256") == _digest(unit) else None
 
 
-def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kwargs):
+def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kwargs, before):
+    """Runs the shards `todo` on Ray (`before()` once the cluster has the resources)."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -334,6 +338,14 @@ def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kw
         else:
             ray.init(include_dashboard=False)
     try:
+        available = ray.cluster_resources()
+        for name, amount in (("CPU", cpus), ("GPU", gpus)):
+            if amount and available.get(name, 0) < amount:
+                raise WorkerError(
+                    f"each worker asks for {amount} {name} but the Ray cluster has "
+                    f"{available.get(name, 0):g} (--providers, --{name.lower()}s-per-worker)"
+                )
+        before()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         dataset = ray.data.from_items(
@@ -349,7 +361,15 @@ def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kw
             num_gpus=gpus,
         )
         start = time.perf_counter()
-        rows = [json.loads(row["result"]) for row in results.iter_rows()]
+        try:
+            rows = [json.loads(row["result"]) for row in results.iter_rows()]
+        except ray.exceptions.RayActorError as error:
+            if not error.actor_init_failed:
+                raise
+            # The message ends with the worker's own one-line error, e.g. a
+            # ProviderError; the traceback above it went to the worker's log.
+            cause = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()[-1]
+            raise WorkerError(f"the Ray workers could not start: {cause}") from None
         return rows, ray.__version__, time.perf_counter() - start
     finally:
         if started:
@@ -444,29 +464,39 @@ def ray_align(
         "shard_size": shard_size,
         "shards": len(units),
     }
-    shards = _prepare_output(output, job)
+    _check_job(output, job)
+    created = not os.path.exists(output)
+    shards = os.path.join(output, SHARDS_DIR)
     previous = {u["shard"]: _finished(shards, u) for u in units}
     todo = [u for u in units if previous[u["shard"]] is None]
-    results = {}
-    ray_version, ray_seconds = None, 0.0
-    if todo:
-        rows, ray_version, ray_seconds = _run_ray(
-            todo,
-            address=address,
-            num_workers=min(num_workers, len(todo)),
-            cpus=cpus_per_worker,
-            gpus=gpus_per_worker,
-            progress=progress,
-            constructor_kwargs={
-                "model_path": model_path,
-                "output": output,
-                "providers": providers,
-                "strict": strict,
-                "intra_op_threads": intra_op_threads,
-                "batch_size": batch_size,
-                "image_size": image_size,
-            },
-        )
+    results, ray_version, ray_seconds = {}, None, 0.0
+    if not todo:
+        _create_output(output, job)
+    else:
+        try:
+            rows, ray_version, ray_seconds = _run_ray(
+                todo,
+                address=address,
+                num_workers=min(num_workers, len(todo)),
+                cpus=cpus_per_worker,
+                gpus=gpus_per_worker,
+                progress=progress,
+                constructor_kwargs={
+                    "model_path": model_path,
+                    "output": output,
+                    "providers": providers,
+                    "strict": strict,
+                    "intra_op_threads": intra_op_threads,
+                    "batch_size": batch_size,
+                    "image_size": image_size,
+                },
+                before=lambda: _create_output(output, job),
+            )
+        except BaseException:
+            # Leave nothing behind a run that created `output` and finished no shard.
+            if created and not (os.path.isdir(shards) and os.listdir(shards)):
+                shutil.rmtree(output, ignore_errors=True)
+            raise
         results = {row["shard"]: row for row in rows}
     seconds = time.perf_counter() - started
 

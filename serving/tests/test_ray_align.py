@@ -196,7 +196,7 @@ def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
     assert sorted(os.path.basename(b["file"]) for b in rerun["bad_files"]) == sorted(reasons)
 
 
-def test_command_line_errors_need_no_cluster(grey_model, tmp_path):
+def test_command_line_errors(ray_address, grey_model, digits, tmp_path):
     def run(*args):
         return subprocess.run(
             [sys.executable, "-m", "keras_congeal_serving", "ray-align", *map(str, args)],
@@ -214,3 +214,13 @@ def test_command_line_errors_need_no_cluster(grey_model, tmp_path):
     assert not (tmp_path / "out").exists()
     process = run(grey_model, tmp_path, "--output", tmp_path / "out", "--num-workers", "0")
     assert process.returncode == 2 and "--num-workers" in process.stderr
+    # A GPU provider on a cluster without GPUs: refused before any worker starts.
+    np.save(tmp_path / "d.npy", digits)
+    args = (grey_model, tmp_path / "d.npy", "--output", tmp_path / "out", "--no-progress")
+    process = run(*args, "--address", ray_address, "--providers", "cuda")
+    assert process.returncode == 1, process.stderr
+    assert process.stderr.splitlines()[-1] == (
+        "keras-congeal-serving: error: each worker asks for 1 GPU but the Ray cluster has 0 "
+        "(--providers, --gpus-per-worker)"
+    )
+    assert not (tmp_path / "out").exists()
