@@ -148,6 +148,17 @@ def _bad_file(path: str, error: Exception) -> dict:
     return {"file": path, "reason": reason}
 
 
+def _first_image_size(units: list[dict]) -> tuple[int, int] | None:
+    """`(height, width)` of the first image file whose header reads, or None."""
+    for unit in units:
+        for name in unit.get("names", ()):
+            try:
+                return image_file_shape(os.path.join(unit["root"], name))[:2]
+            except InputError:
+                continue  # reported by its worker
+    return None
+
+
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
@@ -449,12 +460,8 @@ def ray_align(
     metadata = checker.metadata
     if not metadata.any_size:
         image_size = (metadata.image_height, metadata.image_width)
-    elif units[0]["kind"] == "images":  # any-size: the first image sets the size
-        first_image = os.path.join(units[0]["root"], units[0]["names"][0])
-        try:
-            image_size = image_file_shape(first_image)[:2]
-        except InputError:
-            image_size = None  # reported by its worker
+    else:  # any-size: the first readable image sets the size of every image file
+        image_size = _first_image_size(units)
     _check_output(output, input_path, overwrite=True)
     job = {
         "model_sha256": checker.model_sha256,

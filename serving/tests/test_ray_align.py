@@ -224,3 +224,25 @@ def test_command_line_errors(ray_address, grey_model, digits, tmp_path):
         "(--providers, --gpus-per-worker)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_any_size_model_takes_the_size_of_the_first_readable_image(
+    ray_address, any_size_model, tmp_path
+):
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"unreadable")
+    images = rng.integers(0, 256, (2, 6, 10), dtype=np.uint8)
+    Image.fromarray(images[0]).save(data / "b.png")
+    Image.fromarray(images[1]).save(data / "c.png")
+    Image.new("L", (8, 8)).save(data / "d.png")
+    manifest = ray_align(any_size_model, data, tmp_path / "out", shard_size=4, progress=False)
+    reasons = {os.path.basename(b["file"]): b["reason"] for b in manifest["bad_files"]}
+    assert reasons == {
+        "a.png": "not a PNG or JPEG image",
+        "d.png": "image is 8x8 (HxW); expected 6x10",
+    }
+    aligned, _, names = read_shards(tmp_path / "out", manifest)
+    assert names == ["b.png", "c.png"]
+    np.testing.assert_array_equal(aligned[0], expected_translation(images, (1, 0)))
