@@ -358,7 +358,7 @@ def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kw
                 )
         before()
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = progress
+        progress_before, context.enable_progress_bars = context.enable_progress_bars, progress
         dataset = ray.data.from_items(
             [{"unit": json.dumps(unit)} for unit in todo],
             override_num_blocks=min(len(todo), 10_000),
@@ -381,6 +381,8 @@ def _run_ray(todo, *, address, num_workers, cpus, gpus, progress, constructor_kw
             # ProviderError; the traceback above it went to the worker's log.
             cause = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()[-1]
             raise WorkerError(f"the Ray workers could not start: {cause}") from None
+        finally:
+            context.enable_progress_bars = progress_before
         return rows, ray.__version__, time.perf_counter() - start
     finally:
         if started:

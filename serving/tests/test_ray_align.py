@@ -196,7 +196,7 @@ def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
     assert sorted(os.path.basename(b["file"]) for b in rerun["bad_files"]) == sorted(reasons)
 
 
-def test_command_line_errors(ray_address, grey_model, digits, tmp_path):
+def test_command_line(ray_address, grey_model, digits, tmp_path):
     def run(*args):
         return subprocess.run(
             [sys.executable, "-m", "keras_congeal_serving", "ray-align", *map(str, args)],
@@ -224,6 +224,16 @@ def test_command_line_errors(ray_address, grey_model, digits, tmp_path):
         "(--providers, --gpus-per-worker)"
     )
     assert not (tmp_path / "out").exists()
+    # Every file aligned: exit 0 and a summary line.
+    process = run(*args, "--address", ray_address, "--shard-size", "2")
+    assert process.returncode == 0, process.stderr
+    assert process.stderr.splitlines()[-1] == (
+        "5 images in 3 shards (3 aligned now, 0 already done, 0 failed), 0 bad files "
+        f"-> {tmp_path / 'out'}/manifest.json"
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    aligned, transforms, _ = read_shards(tmp_path / "out", manifest)
+    np.testing.assert_array_equal(np.concatenate(aligned), expected_translation(digits, (1, 0)))
 
 
 def test_any_size_model_takes_the_size_of_the_first_readable_image(
