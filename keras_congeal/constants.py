@@ -9,3 +9,6 @@ FUSIONS = ("additive", "compose")
 OBJECTIVES = ("D+C", "D", "C")
 # Images per forward pass when aligning a set with a trained model.
 ALIGN_BATCH_SIZE = 256
+# What the distortion D compares, and to what.
+DISTORTION_FEATURES = ("pixels", "local-contrast")
+DISTORTION_TARGETS = ("reference", "batch-mean")

@@ -13,19 +13,9 @@ import math
 import keras
 import numpy as np
 
+from keras_congeal.io import value_range_of
+
 __all__ = ["ImageBatches", "as_float_images", "value_range_of"]
-
-
-def value_range_of(dtype):
-    """The value of white for images of `dtype`: 255 for uint8, else 1."""
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8:
-        return 255.0
-    if dtype == np.uint16:
-        return 65535.0
-    if np.issubdtype(dtype, np.floating):
-        return 1.0
-    raise ValueError(f"Unsupported image dtype {dtype}: expected uint8, uint16 or float.")
 
 
 def as_float_images(batch, data_range=None):

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -124,30 +123,19 @@ def _require_tensorflow():
 
 
 def load_congealer(path):
-    """Loads a `.keras` file and checks that it holds a `Congealer`.
+    """Loads a `.keras` file holding a `Congealer`, in safe mode
+    (`keras_congeal.models.saving.load_congealer`).
 
     Raises:
         ExportError: the file is missing, unreadable, or not a Congealer.
     """
-    import keras
+    from keras_congeal.io import InputError
+    from keras_congeal.models.saving import load_congealer as load
 
-    from keras_congeal.models import Congealer
-
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ExportError(f"model path is not a file: {path}")
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"cannot load {path} as a Keras model: {reason}") from error
-    if not isinstance(model, Congealer):
-        raise ExportError(
-            f"{path} holds a {type(model).__name__}, not a keras_congeal Congealer."
-        )
-    return model
+        return load(path)
+    except InputError as error:
+        raise ExportError(str(error)) from None
 
 
 # === Graph construction ===
@@ -447,22 +435,16 @@ def _check_writable(path, overwrite):
         raise ExportError(f"output directory does not exist: {path.parent}")
 
 
-def _temporary_beside(path):
-    path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return Path(name)
-
-
 def _write_atomically(path, write):
-    """Calls `write(tmp_path)`, then renames the temporary file onto `path`."""
-    tmp = _temporary_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Calls `write(tmp_path)`, then renames the temporary file onto `path`.
+
+    The file is created by `write`, so its permissions follow the umask, as
+    every other output's (`keras_congeal.io.atomic_file`).
+    """
+    from keras_congeal.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        write(Path(tmp))
 
 
 _TRITON_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -9,9 +9,20 @@ Inputs (`open_images`), told apart by their first bytes, not their names:
   `.npy` (in `$TMPDIR`) that `close()` deletes.
 * HDF5: the dataset `key` (a path such as `train/images`; optional when the
   file holds one), read lazily through h5py, slice by slice.
-* a directory of PNG/JPEG files: sorted by name (hidden files and
-  sub-directories are skipped), headers checked first, then decoded into one
-  in-memory uint8 stack, `(N, H, W)` grey or `(N, H, W, 3)` RGB.
+* a directory of PNG/JPEG files: sorted by name, headers checked first (sizes,
+  modes, the pixel budgets below), then decoded into one in-memory uint8
+  stack, `(N, H, W)` grey or `(N, H, W, 3)` RGB. Which files are images: a
+  name ending in `.png`, `.jpg` or `.jpeg` (any case) is an image, even when
+  it starts with a dot (`..png`, `.a.png` are read); skipped are
+  sub-directories, macOS resource forks (`._name.png`, not images) and other
+  hidden files whose names are not image names (`.DS_Store`, `.gitignore`).
+  Any other file is an error.
+
+Budgets, checked from the headers before anything is decoded or unpacked:
+`MAX_IMAGE_PIXELS` per image (any input), `MAX_FOLDER_BYTES` for a folder's
+decoded stack, `MAX_UNPACKED_BYTES` for a compressed `.npz` member unpacked
+to `$TMPDIR` (and no more than the free space there). Larger sets belong in
+a `.npy`, an uncompressed `.npz` or HDF5, read lazily.
 
 Arrays are `(N, H, W)` or `(N, H, W, C)` with `C` 1 or 3, uint8 (0..255) or
 float ([0, 1]). Every problem raises `InputError` with a one-line message
@@ -25,9 +36,11 @@ chunk through `np.lib.format.open_memmap`).
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -38,8 +51,13 @@ __all__ = [
     "ImageSource",
     "ImagesView",
     "open_images",
+    "check_model_file",
     "read_image_file",
     "scan_values",
+    "value_range_of",
+    "MAX_IMAGE_PIXELS",
+    "MAX_FOLDER_BYTES",
+    "MAX_UNPACKED_BYTES",
     "atomic_file",
     "AtomicOutputDir",
     "NpyWriter",
@@ -50,6 +68,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CHANNELS = (1, 3)
 # Images read at a time when scanning or copying.
 CHUNK_SIZE = 4096
+# Pixels of one image (8192 x 8192): the aligner trains at the images' size,
+# far below this; PIL's own bomb limit (~179 M pixels) is not reached.
+MAX_IMAGE_PIXELS = 1 << 26
+# Bytes of a folder's decoded uint8 stack (held in memory).
+MAX_FOLDER_BYTES = 1 << 31
+# Bytes of a compressed .npz member unpacked to $TMPDIR.
+MAX_UNPACKED_BYTES = 1 << 32
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -67,6 +92,30 @@ class InputError(ValueError):
 
 
 # === Reading ===
+
+
+def value_range_of(dtype):
+    """The value of white for images of `dtype`: 255 for uint8, else 1."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    raise ValueError(f"Unsupported image dtype {dtype}: expected uint8, uint16 or float.")
+
+
+def _gib(count):
+    return f"{count / (1 << 30):.3g} GiB"
+
+
+def _check_image_pixels(name, width, height):
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{name}: {width}x{height} pixels ({width * height:,}) in one image; at most "
+            f"{MAX_IMAGE_PIXELS:,} pixels per image are accepted (downscale it)"
+        )
 
 
 class ImagesView:
@@ -219,6 +268,7 @@ def check_images(images, name):
         raise InputError(f"{name}: no images (shape {shape})")
     if min(shape[1:3]) == 0:
         raise InputError(f"{name}: empty images (shape {shape})")
+    _check_image_pixels(name, shape[2], shape[1])
 
 
 def scan_values(images, name, chunk_size=CHUNK_SIZE):
@@ -308,7 +358,9 @@ def _open_npz(path, key):
         if info.compress_type == zipfile.ZIP_STORED:
             images = _map_stored_member(path, archive, info, name)
             return ImageSource(images, kind="npz", path=path, key=key)
-        # Compressed: unpack the member (itself a .npy file), streaming.
+        # Compressed: unpack the member (itself a .npy file), streaming. Its
+        # size is the zip header's (zipfile never reads past it).
+        _check_unpacked_size(name, info.file_size)
         handle, tmp = tempfile.mkstemp(prefix="keras_congeal_", suffix=".npy")
         try:
             with os.fdopen(handle, "wb") as out, archive.open(info) as member:
@@ -319,6 +371,33 @@ def _open_npz(path, key):
             raise
     return ImageSource(images, kind="npz", path=path, key=key,
                        closers=[lambda: _unlink_quietly(tmp)])
+
+
+def check_model_file(path):
+    """Raises `InputError` unless `path` is an existing file (a `.keras` model)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such model file")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not a file (expected a .keras model)")
+
+
+def _check_unpacked_size(name, size):
+    """Raises `InputError` if a member of `size` bytes cannot be unpacked to $TMPDIR."""
+    advice = ("re-save it uncompressed (np.savez, memory-mapped in place) or as .npy, "
+              "or point TMPDIR at a larger disk")
+    if size > MAX_UNPACKED_BYTES:
+        raise InputError(
+            f"{name}: a compressed array of {_gib(size)} unpacked; at most "
+            f"{_gib(MAX_UNPACKED_BYTES)} are unpacked to a temporary file: {advice}"
+        )
+    tmpdir = tempfile.gettempdir()
+    free = shutil.disk_usage(tmpdir).free
+    if size > free:
+        raise InputError(
+            f"{name}: a compressed array of {_gib(size)} unpacked, but {tmpdir} has "
+            f"{_gib(free)} free: {advice}"
+        )
 
 
 def _unlink_quietly(path):
@@ -394,11 +473,22 @@ def _pil():
 
 
 def _open_pil(path):
+    """Opens an image file, reading only its header; checks its format, mode
+    and pixel count (`MAX_IMAGE_PIXELS`) before anything is decoded."""
     image_module = _pil()
     try:
-        image = image_module.open(path)
+        with warnings.catch_warnings():  # our budget is lower than PIL's warning's
+            warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+            image = image_module.open(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except image_module.DecompressionBombError as error:
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        claimed = f"{int(claimed.group(1)):,} pixels" if claimed else "too many pixels"
+        raise InputError(
+            f"{path}: its header claims {claimed}; at most {MAX_IMAGE_PIXELS:,} pixels per "
+            "image are accepted"
+        ) from None
     except (image_module.UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(f"{path}: not a readable PNG or JPEG image") from None
     if image.format not in ("PNG", "JPEG"):
@@ -408,6 +498,11 @@ def _open_pil(path):
         image.close()
         raise InputError(f"{path}: unsupported image mode {image.mode!r}; expected 8-bit "
                          "grey or colour")
+    try:
+        _check_image_pixels(path, *image.size)
+    except InputError:
+        image.close()
+        raise
     return image
 
 
@@ -429,10 +524,19 @@ def read_image_file(path, channels=None):
             raise InputError(f"{path}: cannot decode the image ({error})") from None
 
 
+def is_listed_image(name):
+    """Whether a folder's file `name` is one of its images (see the module doc)."""
+    if name.startswith("._"):  # a macOS resource fork, not an image
+        return False
+    return name.lower().endswith(IMAGE_SUFFIXES) or not name.startswith(".")
+
+
 def _open_folder(path):
+    # Hidden files that are not images are skipped; every other file must be
+    # an image (is_listed_image).
     names = sorted(
         entry.name for entry in os.scandir(path)
-        if entry.is_file() and not entry.name.startswith(".")
+        if entry.is_file() and is_listed_image(entry.name)
     )
     if not names:
         raise InputError(f"{path}: no PNG or JPEG files in this directory")
@@ -460,6 +564,13 @@ def _open_folder(path):
             )
     width, height = first[1]
     shape = (len(names), height, width) + ((3,) if first[2] == "RGB" else ())
+    size = int(np.prod(shape))
+    if size > MAX_FOLDER_BYTES:
+        raise InputError(
+            f"{path}: {len(names)} images of {width}x{height} decode to {_gib(size)}; a "
+            f"folder is decoded in memory, at most {_gib(MAX_FOLDER_BYTES)}: store the set "
+            "as a .npy or HDF5 file (read lazily), or split it"
+        )
     images = np.empty(shape, np.uint8)
     for i, name in enumerate(names):
         images[i] = read_image_file(os.path.join(path, name))

@@ -13,13 +13,38 @@ within a factor 2 of the median ink. Without that rule they pick a blank or
 nearly blank image (a digit warped out of the frame): in L1, an empty image is
 closer to every thin-stroke digit than any other digit is, and a blank
 reference makes the distortion loss erase every image.
+
+They also prefer images whose content is whole: in a set with a background
+(dark frames around the content, as digits), an image with more than
+`MAX_BORDER_INK` of its ink on the border band touches the frame, so part of
+it was cut away (a 7 whose bar was warped out of the frame looks like a 1);
+such images are candidates only if no whole image is left. In a set without a
+background (photos: most of the median image's border band is not dark),
+nothing counts as cut and no image is excluded.
+
+The medoid is chosen among the candidates by its distance to the whole
+sample, so it stays typical of the set; `ReferenceWarning` is issued when it
+is farther from the set than the median image (an atypical reference: look at
+`reference.png`, choose another with `--reference`).
+
 * an `int`: the image at that index.
 * an array `(H, W[, C])`: that image (e.g. a template the user drew).
 """
 
+import warnings
+
 import numpy as np
 
-__all__ = ["STRATEGIES", "choose_reference"]
+__all__ = ["STRATEGIES", "MAX_BORDER_INK", "ReferenceWarning", "border_ink", "choose_reference"]
+
+# Largest share of an image's ink on its border band for its content to count as whole.
+MAX_BORDER_INK = 0.02
+# A pixel below this value (images in [0, 1]) is background.
+DARK = 0.05
+
+
+class ReferenceWarning(UserWarning):
+    """The automatically chosen reference is atypical of the set."""
 
 STRATEGIES = ("medoid", "mean")
 
@@ -76,6 +101,57 @@ def choose_reference(images, strategy="medoid", data_range=1.0, sample_size=1000
     return _as_float(images[index:index + 1], data_range)[0], index
 
 
+def _border_band(height, width):
+    """Mask (H, W) of the border band: 1 pixel per 32 of the smaller side (>= 1)."""
+    band = max(1, round(min(height, width) / 32))
+    mask = np.ones((height, width), bool)
+    mask[band:height - band, band:width - band] = False
+    return mask
+
+
+def _border_stats(images):
+    """Per image: the share of its ink on the border band, and the share of the
+    band's pixels that are dark (below `DARK` in every channel)."""
+    images = np.asarray(images, "float64")
+    if images.ndim == 3:
+        images = images[..., None]
+    mask = _border_band(*images.shape[1:3])
+    ink = images.sum(axis=-1)
+    total = ink.reshape(len(ink), -1).sum(axis=1)
+    shares = np.where(total > 0, ink[:, mask].sum(axis=1) / np.maximum(total, 1e-12), 1.0)
+    dark = (images[:, mask].max(axis=-1) < DARK).mean(axis=1)
+    return shares, dark
+
+
+def border_ink(images):
+    """Share of each image's ink on its border band.
+
+    Args:
+        images: float array (N, H, W, C) or (N, H, W), values in [0, 1].
+
+    Returns:
+        float64 (N,): border ink / ink (1 for an image without ink).
+    """
+    return _border_stats(images)[0]
+
+
+def _whole(shares, dark):
+    """Mask of the images whose content is whole (see the module doc), from
+    their `_border_stats`. A set has a background when the border band of the
+    median image is mostly dark; without one, nothing counts as cut."""
+    if np.median(dark) < 0.5:
+        return np.ones(len(shares), bool)
+    return shares <= MAX_BORDER_INK
+
+
+def _candidates(typical, whole):
+    """Typical-ink images with whole content; falls back to fewer rules."""
+    for mask in (typical & whole, typical):
+        if mask.any():
+            return mask
+    return np.ones_like(typical)
+
+
 def _typical_ink(ink):
     """Mask of the inks within a factor 2 of the median (all, if none are)."""
     median = np.median(ink)
@@ -88,15 +164,29 @@ def _medoid(images, data_range, sample_size, seed):
     rng = np.random.default_rng(seed)
     # Sorted unique indices: also valid fancy indexing for h5py datasets.
     picks = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
-    flat = _as_float(images[picks], data_range).reshape(len(picks), -1)
-    keep = _typical_ink(flat.sum(axis=1))
-    picks, flat = picks[keep], flat[keep]
+    sample = _as_float(images[picks], data_range)
+    flat = sample.reshape(len(picks), -1)
+    whole = _whole(*_border_stats(sample))
+    keep = _candidates(_typical_ink(flat.sum(axis=1)), whole)
+    # Each image's L1 distance to the whole sample (typicality), ~64 MB blocks.
     totals = np.zeros(len(flat), "float64")
-    block = max(1, int(16e6 // flat.size))  # ~64 MB of float32 per block
+    block = max(1, int(16e6 // flat.size))
     for start in range(0, len(flat), block):
         rows = flat[start:start + block]
         totals[start:start + block] = np.abs(rows[:, None, :] - flat[None]).sum(axis=(1, 2))
-    return int(picks[int(np.argmin(totals))])
+    best = int(np.flatnonzero(keep)[np.argmin(totals[keep])])
+    _warn_if_atypical(totals[best], totals, int(picks[best]), "medoid")
+    return int(picks[best])
+
+
+def _warn_if_atypical(distance, distances, index, strategy):
+    if distance > np.median(distances):
+        share = float(np.mean(distances < distance))
+        warnings.warn(ReferenceWarning(
+            f"the reference (image {index}, {strategy}) is farther from the set than "
+            f"{share:.0%} of its images (few whole, typical images): check reference.png, "
+            "or choose one with --reference INDEX|IMAGE.png"
+        ), stacklevel=3)
 
 
 def _closest_to_mean(images, data_range, chunk_size):
@@ -108,12 +198,14 @@ def _closest_to_mean(images, data_range, chunk_size):
         inks.append(chunk.reshape(len(chunk), -1).sum(axis=1))
     mean = (total / n).astype("float32")
     typical = _typical_ink(np.concatenate(inks))
-    best, best_distance = 0, np.inf
+    distances, stats = [], []
     for start in range(0, n, chunk_size):
         chunk = _as_float(images[start:start + chunk_size], data_range)
-        distances = np.abs(chunk - mean).reshape(len(chunk), -1).sum(axis=1)
-        distances[~typical[start:start + chunk_size]] = np.inf
-        i = int(np.argmin(distances))
-        if distances[i] < best_distance:
-            best, best_distance = start + i, distances[i]
+        distances.append(np.abs(chunk - mean).reshape(len(chunk), -1).sum(axis=1))
+        stats.append(_border_stats(chunk))
+    distances = np.concatenate(distances)
+    whole = _whole(*(np.concatenate(parts) for parts in zip(*stats, strict=True)))
+    keep = _candidates(typical, whole)
+    best = int(np.flatnonzero(keep)[np.argmin(distances[keep])])
+    _warn_if_atypical(distances[best], distances, best, "mean")
     return best

@@ -6,6 +6,14 @@ command line can show its defaults instantly; written as JSON beside outputs.
 import dataclasses
 import json
 
+from keras_congeal.constants import (
+    DISTORTION_FEATURES,
+    DISTORTION_TARGETS,
+    FUSIONS,
+    OBJECTIVES,
+    TRANSFORMS,
+)
+
 __all__ = ["CongealSettings"]
 
 
@@ -32,6 +40,19 @@ class CongealSettings:
             the distortion loss (0 = none).
         scale_weight: weight of the scale anchor, which keeps the set's
             average scale at the input's (0 = none; see `Congealer`).
+        distortion_features: what `D` compares: `"pixels"` (the paper's)
+            or `"local-contrast"` (illumination-invariant grey structure at
+            three scales; the face setting).
+        distortion_target: `"reference"` (the paper's: one image) or
+            `"batch-mean"` (the mean of the aligned batch's features: an
+            evolving atlas, no reference image needed).
+        distortion_window: sigma, as a fraction of the image side, of a
+            centred Gaussian weight on `D` (0 = uniform): the face in the
+            middle of a detector box counts, the background less.
+        centring_weight: weight of the centring penalty, the squared batch
+            mean of the warp parameters: joint alignment is defined up to one
+            transform common to all images, and this pins it to the identity
+            (0 = none).
         seed: seeds Keras, NumPy and the reference sample.
     """
 
@@ -50,6 +71,10 @@ class CongealSettings:
     ink_weight: float = 1.0
     distortion_blur: float = 0.0
     scale_weight: float = 0.0
+    distortion_features: str = "pixels"
+    distortion_target: str = "reference"
+    distortion_window: float = 0.0
+    centring_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -62,8 +87,15 @@ class CongealSettings:
             (self.ink_weight >= 0, "ink_weight", "a number >= 0"),
             (self.distortion_blur >= 0, "distortion_blur", "a number >= 0"),
             (self.scale_weight >= 0, "scale_weight", "a number >= 0"),
+            (self.distortion_window >= 0, "distortion_window", "a number >= 0"),
+            (self.centring_weight >= 0, "centring_weight", "a number >= 0"),
             (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
         ]
+        for name, allowed in (("transform", tuple(TRANSFORMS)), ("fusion", FUSIONS),
+                              ("objective", OBJECTIVES),
+                              ("distortion_features", DISTORTION_FEATURES),
+                              ("distortion_target", DISTORTION_TARGETS)):
+            checks.append((getattr(self, name) in allowed, name, f"one of {list(allowed)}"))
         for ok, name, expected in checks:
             if not ok:
                 raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {expected}.")

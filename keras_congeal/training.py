@@ -47,6 +47,10 @@ def _build(settings, reference, strategy):
         ink_weight=settings.ink_weight,
         distortion_blur=settings.distortion_blur,
         scale_weight=settings.scale_weight,
+        distortion_features=settings.distortion_features,
+        distortion_target=settings.distortion_target,
+        distortion_window=settings.distortion_window,
+        centring_weight=settings.centring_weight,
     )
     # Built now (the reference has the images' shape), so that callbacks
     # that restore weights before the first batch, such as

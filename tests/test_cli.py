@@ -253,8 +253,25 @@ def test_demo_outputs(demo_run):
     for name in ("mean_variance.png", "samples.png", "reference.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 2 * 28
-    for text in ("APSNR", "oracle", "ink kept", "scale", "time", str(out)):
+    for text in ("APSNR", "oracle", "ink kept", "scale", "time", str(out),
+                 "see reference.png; choose another with --reference"):
         assert text in stdout
+
+
+def test_shipped_model_has_no_optimizer_state(demo_run):
+    # Adam's moments stay in the resumable checkpoint, not in model.keras.
+    import zipfile
+
+    out, _ = demo_run
+    with zipfile.ZipFile(out / "model.keras") as archive, \
+            archive.open("model.weights.h5") as weights, h5py.File(weights) as f:
+        assert "optimizer" not in f
+        config = json.loads(archive.read("config.json"))
+    assert config["class_name"] == "Congealer"
+    size = os.path.getsize(out / "model.keras")
+    parameters = sum(w.size for w in
+                     keras.saving.load_model(out / "model.keras", compile=False).get_weights())
+    assert size < 4.5 * parameters * 1.05  # float32 weights (+ the file's overhead)
 
 
 @pytest.mark.slow
@@ -262,8 +279,10 @@ def test_demo_report(demo_run):
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
     settings = json.loads((out / "settings.json").read_text())
-    assert settings == CongealSettings(epochs=1, batch_size=32).to_dict()
-    assert report["settings"] == settings
+    # The resolved settings: what "auto" chose is written out.
+    assert settings == CongealSettings(epochs=1, batch_size=32, preset="mnist",
+                                       code_size=16).to_dict()
+    assert report["settings"] == settings and report["preset"] == settings["preset"]
     assert report["images"] == 64 and report["image_shape"] == [28, 28, 1]
     assert report["dtype"] == "uint8" and report["input"]["kind"] == "demo"
     assert report["backend"] == keras.backend.backend()

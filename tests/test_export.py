@@ -287,6 +287,20 @@ def test_cli_exports_and_writes_a_triton_repo(saved_model, tmp_path, capsys):
     assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 
+def test_outputs_follow_the_umask(tmp_path):
+    # One rule for every output: the umask (m.onnx used to be 0600).
+    old = os.umask(0o027)
+    try:
+        export.export_onnx(congealer("mnist", "affine", MNIST), tmp_path / "m.onnx",
+                           verify=False, triton_repo=tmp_path / "repo", triton_name="m")
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "m.onnx", tmp_path / "repo/m/config.pbtxt",
+                 tmp_path / "repo/m/1/model.onnx"]:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o640), path
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "repo"]  # no temporary file left
+
+
 def test_cli_errors(tmp_path, capsys):
     def error(argv):
         assert export.main(argv) == 1

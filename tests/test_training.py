@@ -19,6 +19,10 @@ def test_settings_validate_and_round_trip():
         CongealSettings(epochs=0)
     with pytest.raises(ValueError, match="learning_rate"):
         CongealSettings(learning_rate=-1.0)
+    with pytest.raises(ValueError, match=r"Invalid transform='rigid': expected one of \['transl"):
+        CongealSettings(transform="rigid")
+    with pytest.raises(ValueError, match="Invalid distortion_target='median'"):
+        CongealSettings(distortion_target="median")
     with pytest.raises(ValueError, match="Unknown settings"):
         CongealSettings.from_dict({"epochz": 3})
 

@@ -44,7 +44,9 @@ written); 2 bad arguments; 130 interrupted (congeal: --resume continues).
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import os
+import re
 import sys
 import tempfile
 
@@ -233,13 +235,34 @@ def _given_settings(parser, args):
     return given
 
 
-@contextlib.contextmanager
-def _stderr_held_back():
-    """Holds back what is written to file descriptor 2 in the block.
+# Lines the frameworks print on file descriptor 2 while they load, that are
+# not errors: absl's preamble, info and warning lines (absl's "I0000 ..." and
+# TensorFlow's older "2026-01-01 12:00:00.0: I ..." formats), and error-level
+# lines that are start-up notices (oneDNN's, CUDA plug-ins registered twice).
+# TF_CPP_MIN_LOG_LEVEL does not stop them: they come before absl is set up.
+_START_UP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d\d"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
+    r"|E\d{4} .*(oneDNN custom operations|Unable to register cu\w+ factory"
+    r"|already been registered)"
+)
 
-    Replayed if the block fails. TensorFlow prints start-up lines straight
-    to the descriptor when it loads (TF_CPP_MIN_LOG_LEVEL does not stop
-    them); an error message must stay one line.
+
+def start_up_noise(line):
+    """Whether `line` (printed while a framework loads) is start-up noise."""
+    return _START_UP_NOISE.match(line) is not None
+
+
+@contextlib.contextmanager
+def _framework_logs_filtered():
+    """Holds back what is written to file descriptor 2 in the block, then
+    writes it back without the frameworks' start-up noise (`start_up_noise`);
+    everything is written back if the block fails.
+
+    TensorFlow prints start-up lines straight to the descriptor when it loads;
+    an error message must stay one line, and a normal run should not open
+    with a line that looks like a failure.
     """
     sys.stderr.flush()
     try:
@@ -249,16 +272,69 @@ def _stderr_held_back():
         return
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
+        failed = False
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
+            failed = True
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines if not start_up_noise(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def _load_frameworks():
+    """Imports Keras (its backend, from KERAS_BACKEND) and TensorFlow when it is
+    installed (Keras's file and seeding utilities import it on every backend),
+    with their start-up noise filtered out."""
+    with _framework_logs_filtered():
+        import keras  # noqa: F401
+
+        if importlib.util.find_spec("tensorflow") is not None:
+            import tensorflow  # noqa: F401
+
+
+def _output_dir(args):
+    """The checked `AtomicOutputDir` of the command (nothing written)."""
+    from keras_congeal.io import AtomicOutputDir
+
+    if args.command == "congeal":
+        return AtomicOutputDir(args.output, overwrite=args.overwrite, resume=args.resume,
+                               protect=[args.input] if args.input else []).check()
+    return AtomicOutputDir(args.output, overwrite=args.overwrite, resume=False,
+                           protect=[args.input, args.model], resumable=False).check()
+
+
+def _run(args, given):
+    """The command, its inputs checked before any framework loads (seconds)."""
+    from keras_congeal.cli._inputs import open_input
+    from keras_congeal.io import check_model_file
+
+    out = _output_dir(args)
+    if args.command == "align":
+        check_model_file(args.model)
+    # The demo set is generated with Keras: opened once it has loaded.
+    inputs = open_input(args.input, args.key, args.limit) if args.input else None
+    try:
+        _load_frameworks()
+        if inputs is None:
+            inputs = open_input(None, limit=args.limit)
+        if args.command == "congeal":
+            from keras_congeal.cli.congeal import run_congeal
+
+            return run_congeal(args, given, SETTING_FLAGS, out, inputs)
+        from keras_congeal.cli.align import run_align
+
+        return run_align(args, out, inputs)
+    finally:
+        if inputs is not None:
+            inputs.close()
 
 
 def main(argv=None) -> int:
@@ -272,20 +348,13 @@ def main(argv=None) -> int:
         parser.error(f"--align-batch-size must be >= 1, received {args.align_batch_size}")
     if args.command == "align" and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, received {args.batch_size}")
+    given = None
     if args.command == "congeal":
         if args.key is not None and args.input is None:
             parser.error("--key needs an INPUT file")
         given = _given_settings(parser, args)
-    with _stderr_held_back():
-        import keras  # noqa: F401  (loads the backend chosen by KERAS_BACKEND)
     try:
-        if args.command == "congeal":
-            from keras_congeal.cli.congeal import run_congeal
-
-            return run_congeal(args, given, SETTING_FLAGS)
-        from keras_congeal.cli.align import run_align
-
-        return run_align(args)
+        return _run(args, given)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

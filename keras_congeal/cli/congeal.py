@@ -17,25 +17,30 @@ A run that is killed leaves only `DIR.partial/`; `--resume` continues it
 from its last finished epoch.
 """
 
+import contextlib
+import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 
 import keras
 
+from keras_congeal.cli._inputs import images_nhwc
 from keras_congeal.cli._outputs import (
     align_into,
-    images_nhwc,
-    open_input,
     report_header,
     summary_lines,
     write_figures,
     write_json,
 )
-from keras_congeal.io import AtomicOutputDir, InputError, atomic_file, read_image_file
-from keras_congeal.presets import preset_for_size
-from keras_congeal.reference import STRATEGIES, choose_reference
+from keras_congeal.io import InputError, atomic_file, read_image_file
+from keras_congeal.models.saving import save_without_optimizer
+from keras_congeal.presets import get_preset, preset_for_size
+from keras_congeal.reference import STRATEGIES, ReferenceWarning, choose_reference
 from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
 
 __all__ = ["run_congeal"]
@@ -64,6 +69,36 @@ class _EpochLog(keras.callbacks.Callback):
         entry.update({key: float(value) for key, value in (logs or {}).items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Holds a Ctrl-C (SIGINT) received in the block until the block ends, then
+    raises `KeyboardInterrupt`: a checkpoint being written is finished first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in half
+    (a half-written `latest.weights.h5` could not be resumed)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        with _interrupts_deferred():
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with _interrupts_deferred():
+            super().on_epoch_end(epoch, logs)
 
 
 def _read_json(path):
@@ -100,6 +135,14 @@ def _resolve_settings(given, out, flags):
     return saved
 
 
+def _resolved(settings, image_shape):
+    """`settings` with what "auto" stands for written out: the preset chosen
+    from the image size and its code size, as the run uses them."""
+    preset = settings.preset or preset_for_size(*image_shape[:2])
+    code_size = settings.code_size or get_preset(preset)["autoencoder"]["code_size"]
+    return dataclasses.replace(settings, preset=preset, code_size=code_size)
+
+
 def _describe_input(info):
     source = info.get("path") or info.get("kind")
     key = f"[{info['key']}]" if info.get("key") else ""
@@ -117,7 +160,8 @@ def _check_same_input(out, info):
 
 
 def _resolve_reference(settings, inputs):
-    """The reference image (H, W, C) float32 in [0, 1] and its index (or None)."""
+    """The reference image (H, W, C) float32 in [0, 1], its index (or None) and
+    the `ReferenceWarning` of an atypical automatic choice (or None)."""
     spec = settings.reference
     height, width, channels = inputs.image_shape
     if isinstance(spec, str) and spec not in STRATEGIES:
@@ -132,11 +176,15 @@ def _resolve_reference(settings, inputs):
                 f"--reference {spec}: {image.shape[1]}x{image.shape[0]} pixels, but the "
                 f"images are {width}x{height}"
             )
-        return image.reshape(height, width, channels).astype("float32") / 255.0, None
+        return image.reshape(height, width, channels).astype("float32") / 255.0, None, None
     if isinstance(spec, int) and not -inputs.count <= spec < inputs.count:
         raise InputError(f"--reference {spec}: out of range for {inputs.count} images")
-    return choose_reference(images_nhwc(inputs.images), spec, data_range=inputs.data_range,
-                            seed=settings.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReferenceWarning)
+        reference, index = choose_reference(images_nhwc(inputs.images), spec,
+                                            data_range=inputs.data_range, seed=settings.seed)
+    notes = [str(w.message) for w in caught if issubclass(w.category, ReferenceWarning)]
+    return reference, index, (notes[0] if notes else None)
 
 
 def _build_model(settings, reference, inputs):
@@ -209,7 +257,7 @@ def _train(out, inputs, settings, model, quiet):
         _EpochLog(out.file(HISTORY_FILE)),
         # Kept until the outputs are written: a run killed while aligning
         # resumes with every epoch done.
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        _Backup(backup_dir, delete_checkpoint=False),
     ]
     model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
                              verbose=0 if quiet else "auto", model=model)
@@ -217,13 +265,15 @@ def _train(out, inputs, settings, model, quiet):
     return model, _history(out.file(HISTORY_FILE), settings.epochs), resumed_after, seconds
 
 
-def run_congeal(args, given, flags):
+def run_congeal(args, given, flags, out, inputs):
     """Runs the `congeal` command.
 
     Args:
         args: the parsed `argparse.Namespace`.
         given: dict of the `CongealSettings` fields given on the command line.
         flags: dict, settings field -> flag (for messages).
+        out: the checked `AtomicOutputDir` (`output_dir`).
+        inputs: the opened `InputSet` (closed by the caller).
 
     Returns:
         The exit status (0, or 130 when interrupted).
@@ -233,76 +283,76 @@ def run_congeal(args, given, flags):
     """
     start_time = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print
-    out = AtomicOutputDir(args.output, overwrite=args.overwrite, resume=args.resume,
-                          protect=[args.input] if args.input else []).check()
     if args.resume and not out.resuming:
         say(f"--resume: no unfinished run in {out.partial}; starting a new one")
-    with open_input(args.input, args.key, args.limit) as inputs:
-        # === Checks and set-up: nothing is written ===
-        settings = _resolve_settings(given, out, flags)
-        info = inputs.info(args.limit)
-        if out.resuming:
-            _check_same_input(out, info)
-        reference, reference_index = _resolve_reference(settings, inputs)
-        model = _build_model(settings, reference, inputs)
-        preset = settings.preset or preset_for_size(*inputs.image_shape[:2])
-        shown = (settings.reference if reference_index is None
-                 else f"image {reference_index} ({settings.reference})")
-        say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
-            f"{settings.epochs} epoch(s); reference: {shown}")
+    # === Checks and set-up: nothing is written ===
+    if "preset" in given and given["preset"] is None:  # --preset auto
+        given["preset"] = preset_for_size(*inputs.image_shape[:2])
+    settings = _resolved(_resolve_settings(given, out, flags), inputs.image_shape)
+    info = inputs.info(args.limit)
+    if out.resuming:
+        _check_same_input(out, info)
+    reference, reference_index, reference_warning = _resolve_reference(settings, inputs)
+    model = _build_model(settings, reference, inputs)
+    preset = settings.preset
+    shown = (settings.reference if reference_index is None
+             else f"image {reference_index} ({settings.reference})")
+    say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
+        f"{settings.epochs} epoch(s); reference: {shown}")
 
-        # === Training and outputs, in DIR.partial/ ===
-        partial = out.begin()
-        try:
-            if not out.resuming:
-                with atomic_file(out.file(SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
-                    f.write(settings.to_json() + "\n")
-                write_json(out.file(RUN_FILE), {"input": info})
-            model, history, resumed_after, train_seconds = _train(
-                out, inputs, settings, model, args.quiet
-            )
-            model.save(out.file("model.keras"))
-            say("aligning")
-            meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
-                                              verbose=not args.quiet)
-            write_figures(partial, inputs, meter, reference, f"reference: {shown}")
-            if inputs.filenames is not None:
-                write_json(out.file("filenames.json"), inputs.filenames)
-            summary = meter.summary()
-            summary.pop("images")
-            report = {
-                **report_header("congeal"),
-                "input": {**info, "description": (inputs.demo or {}).get("description")},
-                "images": inputs.count,
-                "image_shape": list(inputs.image_shape),
-                "dtype": inputs.dtype.name,
-                **summary,
-                "oracle": _oracle(inputs.demo) if inputs.demo is not None else None,
-                "seconds": {
-                    "training": train_seconds,
-                    "training_all_sessions": sum(e.get("seconds", 0.0) for e in history),
-                    "aligning": align_seconds,
-                    "total": time.perf_counter() - start_time,
-                },
-                "epochs": settings.epochs,
-                "resumed_from_epoch": resumed_after if out.resuming else None,
-                "preset": preset,
-                "reference": settings.reference,
-                "reference_index": reference_index,
-                "settings": settings.to_dict(),
-                "history": history,
-                "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
-            }
-            write_json(out.file("report.json"), report)
-            out.commit(drop=SCRATCH)
-        except KeyboardInterrupt:
-            print(f"keras-congeal: interrupted; the unfinished run is in {out.partial}: "
-                  "run the same command with --resume to continue it", file=sys.stderr)
-            return 130
-        except BaseException:
-            print(f"keras-congeal: the unfinished run is kept in {out.partial} (the same "
-                  "command with --resume continues it)", file=sys.stderr)
-            raise
+    # === Training and outputs, in DIR.partial/ ===
+    partial = out.begin()
+    try:
+        if not out.resuming:
+            with atomic_file(out.file(SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
+                f.write(settings.to_json() + "\n")
+            write_json(out.file(RUN_FILE), {"input": info})
+        model, history, resumed_after, train_seconds = _train(
+            out, inputs, settings, model, args.quiet
+        )
+        save_without_optimizer(model, out.file("model.keras"))
+        say("aligning")
+        meter, align_seconds = align_into(model, inputs, partial, args.align_batch_size,
+                                          verbose=not args.quiet)
+        write_figures(partial, inputs, meter, reference, f"reference: {shown}")
+        if inputs.filenames is not None:
+            write_json(out.file("filenames.json"), inputs.filenames)
+        summary = meter.summary()
+        summary.pop("images")
+        report = {
+            **report_header("congeal"),
+            "input": {**info, "description": (inputs.demo or {}).get("description")},
+            "images": inputs.count,
+            "image_shape": list(inputs.image_shape),
+            "dtype": inputs.dtype.name,
+            **summary,
+            "oracle": _oracle(inputs.demo) if inputs.demo is not None else None,
+            "seconds": {
+                "training": train_seconds,
+                "training_all_sessions": sum(e.get("seconds", 0.0) for e in history),
+                "aligning": align_seconds,
+                "total": time.perf_counter() - start_time,
+            },
+            "epochs": settings.epochs,
+            "resumed_from_epoch": resumed_after if out.resuming else None,
+            "preset": preset,
+            "reference": settings.reference,
+            "reference_index": reference_index,
+            "reference_warning": reference_warning,
+            "settings": settings.to_dict(),
+            "history": history,
+            "files": sorted(set(os.listdir(partial)) - set(SCRATCH) | {"report.json"}),
+        }
+        write_json(out.file("report.json"), report)
+        out.commit(drop=SCRATCH)
+    except KeyboardInterrupt:
+        print(f"keras-congeal: interrupted; the unfinished run is in {out.partial}: "
+              "run the same command with --resume to continue it", file=sys.stderr)
+        return 130
+    except BaseException:
+        print(f"keras-congeal: the unfinished run is kept in {out.partial} (the same "
+              "command with --resume continues it)", file=sys.stderr)
+        raise
     for line in summary_lines(report, out.path):
         print(line)
     return 0

@@ -2,12 +2,22 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_congeal.constants import ALIGN_BATCH_SIZE, OBJECTIVES
+from keras_congeal.constants import (
+    ALIGN_BATCH_SIZE,
+    DISTORTION_FEATURES,
+    DISTORTION_TARGETS,
+    OBJECTIVES,
+)
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
-from keras_congeal.ops import geometry
+from keras_congeal.ops import filters, geometry
 from keras_congeal.presets import get_preset
 
 _EPS = 1e-6
+# Local-contrast features of `distortion_features="local-contrast"`: blur
+# sigmas and normalisation window, as fractions of the image width (at 64 px:
+# 4, 2 and 1 pixels; window 4 pixels).
+LOCAL_CONTRAST_SCALES = (1 / 16, 1 / 32, 1 / 64)
+LOCAL_CONTRAST_WINDOW = 1 / 16
 
 
 @keras.saving.register_keras_serializable(package="keras_congeal")
@@ -79,14 +89,20 @@ class Congealer(keras.Model):
         ink_weight=1.0,
         distortion_blur=0.0,
         scale_weight=0.0,
+        distortion_features="pixels",
+        distortion_target="reference",
+        distortion_window=0.0,
+        centring_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if objective not in self._SUPPORTED_OBJECTIVES:
-            raise ValueError(
-                f"Unknown objective={objective!r}. Expected one of "
-                f"{self._SUPPORTED_OBJECTIVES}."
-            )
+        for name, value, allowed in (
+            ("objective", objective, self._SUPPORTED_OBJECTIVES),
+            ("distortion_features", distortion_features, DISTORTION_FEATURES),
+            ("distortion_target", distortion_target, DISTORTION_TARGETS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Unknown {name}={value!r}. Expected one of {allowed}.")
         if "C" in objective and autoencoder is None:
             raise ValueError(f"objective={objective!r} needs an `autoencoder`, received None.")
         reference = np.asarray(reference, dtype="float32")
@@ -106,6 +122,10 @@ class Congealer(keras.Model):
         self.ink_weight = float(ink_weight)
         self.distortion_blur = float(distortion_blur)
         self.scale_weight = float(scale_weight)
+        self.distortion_features = distortion_features
+        self.distortion_target = distortion_target
+        self.distortion_window = float(distortion_window)
+        self.centring_weight = float(centring_weight)
         self.image_shape = tuple(int(v) for v in reference.shape)
         self.transform = aligner.transform
         if self.autoencoder is not None:
@@ -173,10 +193,7 @@ class Congealer(keras.Model):
         self._check_images_shape(images.shape)
         params = self.aligner(images)
         aligned = self.sampler([images, params])
-        reference = ops.cast(self.reference, aligned.dtype)[None]
-        distortion = ops.mean(
-            ops.abs(self._blur(aligned) - self._blur(reference)), axis=(1, 2, 3)
-        )
+        distortion = self._distortion(aligned)
         ink_log_ratio = ops.log(
             (ops.sum(aligned, axis=(1, 2, 3)) + _EPS) / (ops.sum(images, axis=(1, 2, 3)) + _EPS)
         )
@@ -189,6 +206,8 @@ class Congealer(keras.Model):
                 geometry.params_to_matrix(params, self.transform)
             )
             self.add_loss(self.scale_weight * ops.square(ops.mean(log_area)))
+        if self.centring_weight:
+            self.add_loss(self.centring_weight * ops.sum(ops.square(ops.mean(params, axis=0))))
         if self.autoencoder is not None:
             terms = self.autoencoder(aligned)  # adds lam * C itself
             complexity = terms["reconstruction_error"] + terms["penalty"]
@@ -202,18 +221,46 @@ class Congealer(keras.Model):
             "ink_log_ratio": ink_log_ratio,
         }
 
-    def _blur(self, images):
-        if not self.distortion_blur:
-            return images
-        sigma = self.distortion_blur
-        radius = max(1, int(np.ceil(2.5 * sigma)))
-        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-        taps = (taps / taps.sum()).astype("float32")
-        channels = images.shape[-1]
-        kernel_x = np.tile(taps[None, :, None, None], (1, 1, channels, 1))
-        kernel_y = np.tile(taps[:, None, None, None], (1, 1, channels, 1))
-        images = ops.depthwise_conv(images, ops.cast(kernel_x, images.dtype), padding="same")
-        return ops.depthwise_conv(images, ops.cast(kernel_y, images.dtype), padding="same")
+    def _distortion(self, aligned):
+        """Per-image distortion `D_i` (B,): the mean distance of the aligned
+        image's features to the target, weighted by the window."""
+        features = self._features(aligned)
+        if self.distortion_target == "reference":
+            target = self._features(ops.cast(self.reference, aligned.dtype)[None])
+        else:
+            target = ops.mean(features, axis=0, keepdims=True)
+        difference = features - target
+        if self.distortion_features == "pixels":
+            difference = ops.abs(difference)
+        else:
+            difference = ops.square(difference)
+        if self.distortion_window:
+            difference = difference * ops.cast(self._window(), difference.dtype)
+        return ops.mean(difference, axis=(1, 2, 3))
+
+    def _features(self, images):
+        """What `D` compares: the (blurred) pixels, or local-contrast
+        features at three scales (`LOCAL_CONTRAST_SCALES`, fractions of the
+        image width)."""
+        if self.distortion_features == "pixels":
+            return filters.gaussian_blur(images, self.distortion_blur)
+        width = self.image_shape[1]
+        window = LOCAL_CONTRAST_WINDOW * width
+        return ops.concatenate(
+            [filters.local_contrast(images, scale * width, window)
+             for scale in LOCAL_CONTRAST_SCALES],
+            axis=-1,
+        )
+
+    def _window(self):
+        """(1, H, W, 1) Gaussian weights centred on the frame, mean 1, sigma
+        `distortion_window` times the image's side."""
+        height, width = self.image_shape[:2]
+        y, x = np.mgrid[0:height, 0:width].astype("float64")
+        radius2 = (((x - (width - 1) / 2) / width) ** 2
+                   + ((y - (height - 1) / 2) / height) ** 2)
+        weights = np.exp(-0.5 * radius2 / self.distortion_window**2)
+        return (weights / weights.mean()).astype("float32")[None, :, :, None]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.distortion_tracker.update_state(y_pred["distortion"])
@@ -286,6 +333,10 @@ class Congealer(keras.Model):
             "ink_weight": self.ink_weight,
             "distortion_blur": self.distortion_blur,
             "scale_weight": self.scale_weight,
+            "distortion_features": self.distortion_features,
+            "distortion_target": self.distortion_target,
+            "distortion_window": self.distortion_window,
+            "centring_weight": self.centring_weight,
         }
         return {**super().get_config(), **config}
 

@@ -21,6 +21,7 @@ each level stops after --requests requests or --time-limit seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -52,17 +53,24 @@ def build_payload(kind: str, images: np.ndarray) -> tuple[bytes, str]:
         return buffer.getvalue(), "application/octet-stream"
     from PIL import Image
 
-    boundary = uuid.uuid4().hex
-    parts = []
-    for i, image in enumerate(images):
+    pngs = []
+    for image in images:
         png = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(png, "PNG")
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
-            f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
-            + png.getvalue()
-            + b"\r\n"
-        )
+        pngs.append(png.getvalue())
+    return multipart_files(pngs)
+
+
+def multipart_files(blobs: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body with one `files` part per blob, named 0.png, 1.png, ..."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + blob
+        + b"\r\n"
+        for i, blob in enumerate(blobs)
+    ]
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -75,6 +83,53 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         connection.close()
+
+
+class ServiceError(RuntimeError):
+    """The service did not start."""
+
+
+@contextlib.contextmanager
+def running_service(model: str, options: list[str]):
+    """Runs `python -m keras_congeal_serving serve MODEL OPTIONS` on a free port of
+    127.0.0.1 until it answers /health; yields `(port, process)`, stops it after."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "keras_congeal_serving",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *options,
+    ]
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if get(port, "/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise ServiceError(f"the service did not start:\n{log.read()}")
+                time.sleep(0.1)
+            yield port, server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def metric(text: str, name: str) -> float:
@@ -193,56 +248,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     body, content_type = build_payload(args.input, images)
 
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "keras_congeal_serving",
-        "serve",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    options = [
         "--max-batch",
         str(args.max_batch),
         "--batch-timeout-ms",
         str(args.batch_timeout_ms),
         "--max-payload-mb",
         str(max(16.0, 2 * len(body) / 2**20)),
-        "--log-level",
-        "warning",
     ]
     if args.intra_op_threads is not None:
-        command += ["--intra-op-threads", str(args.intra_op_threads)]
-    log = open(os.path.join(workdir, "server.log"), "w+")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        options += ["--intra-op-threads", str(args.intra_op_threads)]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                print(f"the service did not start:\n{log.read()}", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
-        ready = json.loads(get(port, "/ready")[1])
-        run_level(port, body, content_type, 10, 2, 10)  # warm-up
-        results = [
-            run_level(port, body, content_type, args.requests, c, args.time_limit) for c in levels
-        ]
+        with running_service(model, options) as (port, _):
+            ready = json.loads(get(port, "/ready")[1])
+            run_level(port, body, content_type, 10, 2, 10)  # warm-up
+            results = [
+                run_level(port, body, content_type, args.requests, c, args.time_limit)
+                for c in levels
+            ]
+    except ServiceError as error:
+        print(error, file=sys.stderr)
+        return 1
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     for row in results:

@@ -33,6 +33,9 @@ import sys
 
 from keras_congeal_serving import __version__
 from keras_congeal_serving.errors import InputError, ModelError, ProviderError, WorkerError
+from keras_congeal_serving.images import DEFAULT_MAX_IMAGE_PIXELS
+from keras_congeal_serving.limits import ServiceLimits
+from keras_congeal_serving.sources import DEFAULT_MAX_SET_PIXELS
 
 __all__ = ["build_parser", "main"]
 
@@ -66,6 +69,23 @@ def _add_runtime_arguments(
     )
 
 
+def _add_pixel_arguments(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """`--max-image-pixels` and `--max-set-pixels` of `align` and `ray-align`."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"image files: largest image decoded, told from its header "
+        f"({DEFAULT_MAX_IMAGE_PIXELS})",
+    )
+    parser.add_argument(
+        "--max-set-pixels",
+        type=int,
+        default=DEFAULT_MAX_SET_PIXELS,
+        help=f"{set_help}, told from the headers ({DEFAULT_MAX_SET_PIXELS})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -90,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing OUTPUT (only once the new result is complete)",
     )
+    _add_pixel_arguments(align, "folders: most pixels decoded in all")
     align.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_runtime_arguments(align)
 
@@ -129,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPUs reserved per worker (1 when the first provider is cuda/tensorrt/rocm, else 0)",
     )
+    _add_pixel_arguments(ray_align, "image files: most pixels decoded per shard")
     ray_align.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_runtime_arguments(
         ray_align, default_providers="cpu; name the GPU explicitly, e.g. cuda --strict"
@@ -142,20 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="the exported .onnx model")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    limits = ServiceLimits()
     serve.add_argument(
         "--max-batch",
         type=int,
-        default=64,
-        help="most images per request and per onnxruntime call (64)",
+        default=limits.max_batch,
+        help=f"most images per request and per onnxruntime call ({limits.max_batch})",
     )
     serve.add_argument(
-        "--max-payload-mb", type=float, default=16.0, help="largest request body in MiB (16)"
+        "--max-payload-mb",
+        type=float,
+        default=limits.max_payload_bytes / 2**20,
+        help=f"largest request body in MiB ({limits.max_payload_bytes / 2**20:g})",
     )
     serve.add_argument(
         "--batch-timeout-ms",
         type=float,
-        default=5.0,
-        help="how long the batcher waits for more requests once one arrived (5)",
+        default=1000 * limits.batch_timeout_s,
+        help="how long the batcher waits for more requests once one arrived "
+        f"({1000 * limits.batch_timeout_s:g})",
     )
     serve.add_argument(
         "--max-queue",
@@ -166,8 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-image-pixels",
         type=int,
-        default=4096 * 4096,
-        help="largest decoded image for --any-size models (16777216)",
+        default=limits.max_image_pixels,
+        help=f"largest image decoded, told from its header ({limits.max_image_pixels})",
+    )
+    serve.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=limits.max_request_pixels,
+        help="most pixels decoded for one request, all its images together, told from "
+        f"their headers ({limits.max_request_pixels})",
     )
     serve.add_argument("--access-log", action="store_true", help="uvicorn access log")
     _add_runtime_arguments(serve)
@@ -196,6 +230,8 @@ def _align(args: argparse.Namespace) -> int:
         strict=args.strict,
         intra_op_threads=args.intra_op_threads,
         progress=not args.no_progress,
+        max_image_pixels=args.max_image_pixels,
+        max_set_pixels=args.max_set_pixels,
     )
     print(
         f"aligned {report['count']} images in {report['seconds']:.2f} s "
@@ -224,6 +260,8 @@ def _ray_align(args: argparse.Namespace) -> int:
         gpus_per_worker=args.gpus_per_worker,
         intra_op_threads=args.intra_op_threads,
         progress=not args.no_progress,
+        max_image_pixels=args.max_image_pixels,
+        max_set_pixels=args.max_set_pixels,
     )
     print(
         f"{manifest['count']} images in {manifest['shards_total']} shards "
@@ -245,11 +283,14 @@ def _serve(args: argparse.Namespace) -> int:
         providers=args.providers,
         strict=args.strict,
         intra_op_threads=args.intra_op_threads,
-        max_batch=args.max_batch,
-        max_payload_bytes=int(args.max_payload_mb * 2**20),
-        batch_timeout_s=args.batch_timeout_ms / 1000,
-        max_queue_images=args.max_queue,
-        max_image_pixels=args.max_image_pixels,
+        limits=ServiceLimits(
+            max_batch=args.max_batch,
+            max_payload_bytes=int(args.max_payload_mb * 2**20),
+            batch_timeout_s=args.batch_timeout_ms / 1000,
+            max_queue_images=args.max_queue,
+            max_image_pixels=args.max_image_pixels,
+            max_request_pixels=args.max_request_pixels,
+        ),
         log_level=args.log_level or "info",
         access_log=args.access_log,
     )
@@ -271,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--max-batch must be >= 1")
         if args.max_payload_mb <= 0 or args.batch_timeout_ms < 0:
             parser.error("--max-payload-mb must be > 0 and --batch-timeout-ms >= 0")
+        if min(args.max_image_pixels, args.max_request_pixels) < 1:
+            parser.error("--max-image-pixels and --max-request-pixels must be >= 1")
+    if (
+        args.command in ("align", "ray-align")
+        and min(args.max_image_pixels, args.max_set_pixels) < 1
+    ):
+        parser.error("--max-image-pixels and --max-set-pixels must be >= 1")
     default_level = "info" if args.command == "serve" else "warning"
     _configure_logging(args.log_level or default_level)
     try:

@@ -28,6 +28,9 @@ __all__ = ["Aligner", "AlignResult", "PROVIDER_ALIASES", "resolve_providers"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+# Float input must lie in [0, 1] up to this rounding tolerance (the same rule as
+# keras_congeal.io.scan_values, which this package does not import).
+FLOAT_TOLERANCE = 1e-3
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -278,10 +281,13 @@ class Aligner:
     def prepare(self, images: np.ndarray, first_index: int = 0) -> np.ndarray:
         """Converts a chunk to the model's float32 input `(n, H, W, C)`.
 
-        uint8 is divided by 255; floats are taken to be in [0, 1] and must be
-        finite. Both are then mapped onto the model's value range. Raises
-        `InputError` for other dtypes and NaN/inf (naming the first bad image,
-        counted from `first_index`). Does not check the shape: see `check_shape`.
+        uint8 is divided by 255; floats must be finite and lie in [0, 1] (with a
+        tolerance of `FLOAT_TOLERANCE` for rounding errors: the rule and message
+        of `keras_congeal`'s `congeal` command, so that 0-255 floats are refused
+        everywhere). Both are then mapped onto the model's value range. Raises
+        `InputError` for other dtypes, NaN/inf (naming the first bad image,
+        counted from `first_index`) and out-of-range floats. Does not check the
+        shape: see `check_shape`.
         """
         images = np.asarray(images)
         if images.dtype == np.uint8:
@@ -292,6 +298,12 @@ class Aligner:
             if not finite.all():
                 bad = int(np.argmin(finite)) + first_index
                 raise InputError(f"image {bad} contains NaN or infinite values")
+            low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+                raise InputError(
+                    f"float images must lie in [0, 1], found values in [{low:g}, {high:g}]; "
+                    "rescale them (e.g. divide by 255) or pass uint8"
+                )
         else:
             raise InputError(
                 f"unsupported dtype {images.dtype}; expected uint8 (0-255) or float ([0, 1])"

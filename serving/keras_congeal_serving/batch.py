@@ -14,11 +14,11 @@ only after the new one is complete, and is never deleted before that.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 
@@ -27,9 +27,14 @@ import numpy as np
 from keras_congeal_serving import __version__
 from keras_congeal_serving.aligner import DEFAULT_BATCH_SIZE, Aligner
 from keras_congeal_serving.errors import InputError
-from keras_congeal_serving.images import encode_png
+from keras_congeal_serving.images import DEFAULT_MAX_IMAGE_PIXELS, encode_png
 from keras_congeal_serving.progress import Progress
-from keras_congeal_serving.sources import FolderSource, iter_chunks, open_source
+from keras_congeal_serving.sources import (
+    DEFAULT_MAX_SET_PIXELS,
+    FolderSource,
+    iter_chunks,
+    open_source,
+)
 
 __all__ = ["run_align", "write_json_atomic"]
 
@@ -58,6 +63,23 @@ def _make_parents(directory: str) -> list[str]:
     return created
 
 
+def _make_partial_dir(output: str) -> str:
+    """Creates the empty sibling `.OUTPUT.partial-XXXXXXXX` with the umask's permissions.
+
+    (`tempfile.mkdtemp` would create it 0700, and the renamed result would keep that.)
+    """
+    parent = os.path.dirname(os.path.abspath(output))
+    while True:
+        tmp = os.path.join(
+            parent, f".{os.path.basename(os.path.abspath(output))}.partial-{uuid.uuid4().hex[:8]}"
+        )
+        try:
+            os.mkdir(tmp)  # mode 0o777, less the umask
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _commit(tmp: str, output: str) -> None:
     """Moves the finished `tmp` directory to `output`, replacing an old result."""
     if not os.path.lexists(output):
@@ -77,15 +99,19 @@ def _commit(tmp: str, output: str) -> None:
 
 
 def write_json_atomic(path: str, value) -> None:
-    """Writes `value` as JSON beside `path`, then moves it into place in one `os.replace`."""
+    """Writes `value` as JSON beside `path`, then moves it into place in one `os.replace`.
+
+    The file gets the umask's permissions (`tempfile.mkstemp` would make it 0600).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}")
     try:
-        with os.fdopen(handle, "w") as f:
+        with open(tmp, "x") as f:  # mode 0o666, less the umask
             json.dump(value, f, indent=2)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -170,6 +196,8 @@ def run_align(
     intra_op_threads: int | None = None,
     progress: bool = True,
     aligner: Aligner | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
 ) -> dict:
     """Aligns `input_path` with the model into the directory `output`.
 
@@ -183,6 +211,9 @@ def run_align(
         providers, strict, intra_op_threads: see `Aligner`.
         progress: bool. Show progress on stderr.
         aligner: optional existing `Aligner` (then `model_path` is only reported).
+        max_image_pixels, max_set_pixels: optional ints. For a folder: most
+            pixels decoded per image and in all, told from the headers before
+            anything is decoded (`TooLargeError` beyond them).
 
     Returns:
         The report, also written as `report.json`. Raises `InputError` (bad
@@ -195,7 +226,13 @@ def run_align(
     _check_output(output, input_path, overwrite)
     if aligner is None:
         aligner = Aligner(model_path, providers, strict=strict, intra_op_threads=intra_op_threads)
-    source = open_source(input_path, key=key, channels=aligner.metadata.channels)
+    source = open_source(
+        input_path,
+        key=key,
+        channels=aligner.metadata.channels,
+        max_image_pixels=max_image_pixels,
+        max_set_pixels=max_set_pixels,
+    )
     try:
         _check_source(aligner, source)
         count = len(source.filenames) if source.kind == "folder" else source.shape[0]
@@ -203,9 +240,7 @@ def run_align(
         created = _make_parents(parent)
         tmp = None
         try:
-            tmp = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(os.path.abspath(output))}.partial-", dir=parent
-            )
+            tmp = _make_partial_dir(output)
             bar = Progress(count, enabled=progress)
             start = time.perf_counter()
             try:

@@ -4,7 +4,14 @@ All messages are one line, meant to be shown to a user as they are (the batch
 command prints them on stderr, the HTTP service returns them as `detail`).
 """
 
-__all__ = ["InputError", "UnreadableInputError", "ModelError", "ProviderError", "WorkerError"]
+__all__ = [
+    "InputError",
+    "UnreadableInputError",
+    "TooLargeError",
+    "ModelError",
+    "ProviderError",
+    "WorkerError",
+]
 
 
 class InputError(ValueError):
@@ -17,6 +24,12 @@ class InputError(ValueError):
 class UnreadableInputError(InputError):
     """The input cannot be read at all: missing file, not an image, not a .npy,
     unknown key. The HTTP service answers it with 400."""
+
+
+class TooLargeError(InputError):
+    """The input would decode to more pixels than allowed (per image, per request
+    or per set), told from image headers before anything is decoded. The HTTP
+    service answers it with 413."""
 
 
 class ModelError(RuntimeError):

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import BinaryIO
 
 import numpy as np
 
-from keras_congeal_serving.errors import InputError, UnreadableInputError
+from keras_congeal_serving.errors import InputError, TooLargeError, UnreadableInputError
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_SUFFIXES",
+    "check_pixels",
+    "check_total_pixels",
     "decode_image",
     "encode_png",
-    "open_image",
     "image_channels",
+    "open_image",
+    "read_header",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Largest image decoded by default (the service's --max-image-pixels, the batch
+# command's too): 4096 x 4096, 48 MiB as RGB uint8.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 _FORMATS = ("PNG", "JPEG")
 # Pillow mode -> (channels, mode to convert to). Alpha is dropped; palette
 # images are expanded to RGB. 16-bit and float modes are refused: their scale
@@ -50,7 +58,13 @@ def open_image(source: str | os.PathLike | BinaryIO | bytes, name: str):
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        image = image_module.open(source)
+        with warnings.catch_warnings():
+            # Sizes are checked against our own limits (`check_pixels`) before
+            # decoding; Pillow's warning for large headers would add a line.
+            warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+            image = image_module.open(source)
+    except image_module.DecompressionBombError as error:
+        raise TooLargeError(f"{name}: refused before decoding: {error}") from None
     except FileNotFoundError:
         raise UnreadableInputError(f"{name}: no such file") from None
     except image_module.UnidentifiedImageError:
@@ -83,6 +97,45 @@ def check_image(image, name: str, channels: int | None) -> None:
         )
 
 
+def check_pixels(width: int, height: int, name: str, max_pixels: int | None) -> None:
+    """Raises `TooLargeError` if a `width` x `height` image exceeds `max_pixels`."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise TooLargeError(
+            f"{name}: {width}x{height} image has {width * height} pixels; at most "
+            f"{max_pixels} are decoded per image (--max-image-pixels)"
+        )
+
+
+def check_total_pixels(total: int, max_total: int | None, name: str, unit: str) -> None:
+    """Raises `TooLargeError` if `total` pixels (of a request or a set) exceed `max_total`.
+
+    Args:
+        unit: str. `"request"` or `"set"`; names the limit (`--max-request-pixels`, ...).
+    """
+    if max_total is not None and total > max_total:
+        raise TooLargeError(
+            f"{name}: {total} pixels in all; at most {max_total} are decoded per {unit} "
+            f"(--max-{unit}-pixels); send fewer or smaller images"
+        )
+
+
+def read_header(
+    source: str | os.PathLike | BinaryIO | bytes,
+    name: str,
+    channels: int | None = None,
+    max_pixels: int | None = None,
+) -> tuple[int, int, int]:
+    """`(height, width, channels)` of a PNG/JPEG from its header; nothing is decoded.
+
+    Raises `UnreadableInputError`, `InputError` (channels) or `TooLargeError`.
+    """
+    with open_image(source, name) as image:
+        check_image(image, name, channels)
+        width, height = image.size
+        check_pixels(width, height, name, max_pixels)
+        return height, width, image_channels(image)
+
+
 def decode_image(
     source: str | os.PathLike | BinaryIO | bytes,
     name: str,
@@ -101,9 +154,7 @@ def decode_image(
     image = open_image(source, name)
     with image:
         check_image(image, name, channels)
-        width, height = image.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise InputError(f"{name}: {width}x{height} image has more than {max_pixels} pixels")
+        check_pixels(*image.size, name, max_pixels)
         try:
             image.load()
             array = np.asarray(image.convert(_MODES[image.mode][1]), dtype=np.uint8)

@@ -13,9 +13,10 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "CONTENT_TYPE"]
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "ServiceMetrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 def _escape(value: str) -> str:
@@ -147,3 +148,55 @@ class Registry:
         for metric in self._metrics:
             lines.extend(metric.lines())
         return "\n".join(lines) + "\n"
+
+
+# === The service's metrics ===
+
+
+class ServiceMetrics:
+    """The service's Prometheus metrics."""
+
+    def __init__(self, max_batch: int):
+        self.registry = Registry()
+        r = self.registry.register
+        self.requests = r(
+            Counter(
+                "keras_congeal_requests_total",
+                "HTTP requests by handler and status.",
+                ("handler", "status"),
+            )
+        )
+        self.images = r(Counter("keras_congeal_images_total", "Images aligned and returned."))
+        self.latency = r(
+            Histogram(
+                "keras_congeal_request_duration_seconds",
+                "Latency of POST /v1/align (all statuses), seconds.",
+                _LATENCY_BUCKETS,
+            )
+        )
+        buckets = sorted({1, max_batch, *(2**i for i in range(max_batch.bit_length()))})
+        self.batch_size = r(
+            Histogram(
+                "keras_congeal_batch_size",
+                "Images per onnxruntime call (micro-batch size).",
+                [b for b in buckets if b <= max_batch],
+            )
+        )
+        self.inference = r(
+            Histogram(
+                "keras_congeal_inference_duration_seconds",
+                "Duration of one onnxruntime call, seconds.",
+                _LATENCY_BUCKETS,
+            )
+        )
+        self.queued = r(Gauge("keras_congeal_queued_images", "Images waiting for the model."))
+        self.info = r(
+            Gauge(
+                "keras_congeal_model_info",
+                "The served model (value is always 1).",
+                ("model_version", "model_sha256", "transform", "providers", "serving_version"),
+            )
+        )
+
+    def render(self) -> str:
+        return self.registry.render()

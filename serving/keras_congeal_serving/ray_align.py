@@ -18,7 +18,11 @@ a time with the readers of the `align` command and writes it atomically:
 A shard directory appears only complete (written beside it, then renamed), so
 a rerun with the same model, input and shard size skips the shards that exist
 and redoes the rest. A file that cannot be read or does not fit the model is
-listed in the manifest with its reason; the other files are aligned.
+listed in the manifest with its reason; the other files are aligned. Image
+files honour the pixel budgets of `align`, told from their headers before
+anything is decoded: a file over `max_image_pixels` is such a bad file, and a
+shard whose images together exceed `max_set_pixels` fails (its files listed
+with the reason). Shard directories and JSON files get the umask's permissions.
 
 Needs the `ray` extra: `pip install 'keras-congeal-serving[cpu,ray]'`.
 """
@@ -33,21 +37,37 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 
 import numpy as np
 
 from keras_congeal_serving import __version__
 from keras_congeal_serving.aligner import DEFAULT_BATCH_SIZE, Aligner, resolve_providers
-from keras_congeal_serving.batch import _check_output, _commit, _write_uniform, write_json_atomic
-from keras_congeal_serving.errors import InputError, UnreadableInputError, WorkerError
-from keras_congeal_serving.images import IMAGE_SUFFIXES, decode_image
+from keras_congeal_serving.batch import (
+    _check_output,
+    _commit,
+    _make_partial_dir,
+    _write_uniform,
+    write_json_atomic,
+)
+from keras_congeal_serving.errors import (
+    InputError,
+    TooLargeError,
+    UnreadableInputError,
+    WorkerError,
+)
+from keras_congeal_serving.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    decode_image,
+    read_header,
+)
 from keras_congeal_serving.progress import Progress
 from keras_congeal_serving.sources import (
+    DEFAULT_MAX_SET_PIXELS,
     FolderSource,
-    image_file_shape,
     iter_chunks,
+    list_folder,
     open_source,
 )
 
@@ -79,11 +99,7 @@ def _import_ray():
 def _list_input(input_path: str) -> tuple[str, list[str]]:
     """The input's files as `(root, names relative to root)`, sorted."""
     if os.path.isdir(input_path):
-        names = sorted(
-            entry.name
-            for entry in os.scandir(input_path)
-            if not entry.name.startswith(".") and entry.is_file()
-        )
+        names = list_folder(input_path)
         if not names:
             raise InputError(f"{input_path}: no files in this directory")
         return input_path, names
@@ -148,12 +164,14 @@ def _bad_file(path: str, error: Exception) -> dict:
     return {"file": path, "reason": reason}
 
 
-def _first_image_size(units: list[dict]) -> tuple[int, int] | None:
-    """`(height, width)` of the first image file whose header reads, or None."""
+def _first_image_size(units: list[dict], max_pixels: int | None) -> tuple[int, int] | None:
+    """`(height, width)` of the first image file whose header reads and fits
+    `max_pixels`, or None."""
     for unit in units:
         for name in unit.get("names", ()):
+            path = os.path.join(unit["root"], name)
             try:
-                return image_file_shape(os.path.join(unit["root"], name))[:2]
+                return read_header(path, path, None, max_pixels)[:2]
             except InputError:
                 continue  # reported by its worker
     return None
@@ -181,6 +199,9 @@ class ShardAligner:
         batch_size: int. Images per onnxruntime call (and per read).
         image_size: optional `(height, width)`. Required size of image files
             (for `any_size` models: one size for the whole input).
+        max_image_pixels, max_set_pixels: optional ints. Image files: most pixels
+            per image (a larger file is a bad file) and per shard (a larger shard
+            fails), told from the headers before anything is decoded.
     """
 
     def __init__(
@@ -192,6 +213,8 @@ class ShardAligner:
         intra_op_threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         image_size: tuple[int, int] | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
     ):
         self.aligner = Aligner(
             model_path, providers, strict=strict, intra_op_threads=intra_op_threads
@@ -199,6 +222,8 @@ class ShardAligner:
         self.shards = os.path.join(output, SHARDS_DIR)
         self.batch_size = batch_size
         self.image_size = tuple(image_size) if image_size is not None else None
+        self.max_image_pixels = max_image_pixels
+        self.max_set_pixels = max_set_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [json.dumps(self.align_shard(json.loads(unit))) for unit in batch["unit"]]
@@ -212,9 +237,9 @@ class ShardAligner:
             if unit["kind"] == "array":
                 result["count"] = self._write_array(unit)
             else:
-                result["count"], result["bad_files"] = self._write_images(unit)
+                result["count"], result["bad_files"], error = self._write_images(unit)
                 if result["count"] == 0:
-                    result.update(status="failed", error="no readable image in this shard")
+                    result.update(status="failed", error=error)
         except (InputError, OSError) as error:
             result.update(status="failed", error=str(error))
         result["seconds"] = round(time.perf_counter() - start, 6)
@@ -222,7 +247,7 @@ class ShardAligner:
         return result
 
     def _write(self, unit: dict, source, info: dict, filenames: list[str] | None) -> None:
-        tmp = tempfile.mkdtemp(prefix=f".{unit['shard']}.partial-", dir=self.shards)
+        tmp = _make_partial_dir(os.path.join(self.shards, unit["shard"]))
         try:
             shape, dtype = _write_uniform(
                 self.aligner, source, tmp, self.batch_size, Progress(0, enabled=False)
@@ -254,7 +279,9 @@ class ShardAligner:
         return last - first
 
     def _check_image(self, path: str) -> None:
-        height, width, channels = image_file_shape(path, self.aligner.metadata.channels)
+        height, width, channels = read_header(
+            path, path, self.aligner.metadata.channels, self.max_image_pixels
+        )
         if self.image_size is not None and (height, width) != self.image_size:
             raise InputError(
                 f"{path}: image is {height}x{width} (HxW); expected "
@@ -262,8 +289,12 @@ class ShardAligner:
             )
         self.aligner.check_shape((1, height, width, channels), name=path)
 
-    def _write_images(self, unit: dict) -> tuple[int, list[dict]]:
-        """Writes the shard's readable images; returns `(count, bad files)` (0: nothing written)."""
+    def _write_images(self, unit: dict) -> tuple[int, list[dict], str | None]:
+        """Writes the shard's readable images.
+
+        Returns `(count, bad files, error)`: with count 0 nothing was written and
+        `error` says why.
+        """
         root = unit["root"]
         good, bad = [], []
         for name in unit["names"]:
@@ -274,10 +305,21 @@ class ShardAligner:
             except InputError as error:
                 bad.append(_bad_file(path, error))
         while good:
-            source = FolderSource(root, self.aligner.metadata.channels, names=good)
+            try:
+                source = FolderSource(
+                    root,
+                    self.aligner.metadata.channels,
+                    self.max_image_pixels,
+                    self.max_set_pixels,
+                    names=good,
+                )
+            except TooLargeError as error:  # all of them together: --max-set-pixels
+                reason = f"{error} (shard {unit['shard']}; use a smaller --shard-size)"
+                bad.extend({"file": os.path.join(root, name), "reason": reason} for name in good)
+                return 0, bad, reason
             try:
                 self._write(unit, source, {"source": {"root": root}, "bad_files": bad}, good)
-                return len(good), bad
+                return len(good), bad, None
             except UnreadableInputError:
                 # A header that read fine but data that does not decode: find
                 # the culprits one by one, drop them, redo the shard.
@@ -293,7 +335,7 @@ class ShardAligner:
                 bad.extend(broken)
                 names = {os.path.join(root, n) for n in good} - {b["file"] for b in broken}
                 good = [n for n in good if os.path.join(root, n) in names]
-        return 0, bad
+        return 0, bad, "no readable image in this shard"
 
 
 # === Driver ===
@@ -405,6 +447,8 @@ def ray_align(
     gpus_per_worker: float | None = None,
     intra_op_threads: int | None = None,
     progress: bool = True,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
 ) -> dict:
     """Aligns a folder, file or glob of images/arrays on a Ray cluster into `output`.
 
@@ -430,6 +474,10 @@ def ray_align(
         intra_op_threads: optional int. onnxruntime threads per worker;
             defaults to `cpus_per_worker` rounded up.
         progress: bool. Ray Data's progress bars.
+        max_image_pixels: optional int. Most pixels of one image file, told from
+            its header before decoding; a larger file is a bad file. None: no limit.
+        max_set_pixels: optional int. Most pixels of the image files of one
+            shard together; a larger shard fails (its files are bad files).
 
     Returns:
         The manifest, also written as `output/manifest.json`. Raises
@@ -439,8 +487,10 @@ def ray_align(
         ("--num-workers", num_workers),
         ("--batch-size", batch_size),
         ("--shard-size", shard_size),
+        ("--max-image-pixels", max_image_pixels),
+        ("--max-set-pixels", max_set_pixels),
     ):
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
     model_path = os.path.abspath(os.fspath(model_path))
     input_path = os.fspath(input_path)
@@ -463,7 +513,7 @@ def ray_align(
     if not metadata.any_size:
         image_size = (metadata.image_height, metadata.image_width)
     else:  # any-size: the first readable image sets the size of every image file
-        image_size = _first_image_size(units)
+        image_size = _first_image_size(units, max_image_pixels)
     _check_output(output, input_path, overwrite=True)
     job = {
         "model_sha256": checker.model_sha256,
@@ -498,6 +548,8 @@ def ray_align(
                     "intra_op_threads": intra_op_threads,
                     "batch_size": batch_size,
                     "image_size": image_size,
+                    "max_image_pixels": max_image_pixels,
+                    "max_set_pixels": max_set_pixels,
                 },
                 before=lambda: _create_output(output, job),
             )
@@ -543,6 +595,8 @@ def ray_align(
         "images_per_second": round(aligned_now / ray_seconds, 3) if aligned_now else None,
         "batch_size": batch_size,
         "shard_size": shard_size,
+        "max_image_pixels": max_image_pixels,
+        "max_set_pixels": max_set_pixels,
         "input": {"path": os.path.abspath(input_path), "key": key},
         "ray": {
             "version": ray_version,

@@ -5,7 +5,8 @@
   not) without loading the whole array.
 - HDF5: `h5py` dataset `KEY`, sliced lazily.
 - a directory of PNG/JPEG files, sorted by name; headers are checked up front
-  (format, mode, size) so that bad files fail before anything is written.
+  (format, mode, size, pixels per image and per set) so that bad files fail
+  before anything is decoded or written.
 
 The file type is told by its first bytes, not its name.
 """
@@ -20,14 +21,25 @@ import numpy as np
 
 from keras_congeal_serving.errors import InputError, UnreadableInputError
 from keras_congeal_serving.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_SUFFIXES,
-    check_image,
+    check_total_pixels,
     decode_image,
-    image_channels,
-    open_image,
+    read_header,
 )
 
-__all__ = ["ArraySource", "FolderSource", "image_file_shape", "iter_chunks", "open_source"]
+__all__ = [
+    "DEFAULT_MAX_SET_PIXELS",
+    "ArraySource",
+    "FolderSource",
+    "iter_chunks",
+    "list_folder",
+    "open_source",
+]
+
+# Most pixels decoded from one folder (--max-set-pixels): 2**32, i.e. 4 GiB of
+# greyscale uint8 output (12 GiB RGB).
+DEFAULT_MAX_SET_PIXELS = 2**32
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -84,28 +96,27 @@ class ArraySource:
             self._closer = None
 
 
-def image_file_shape(path: str, channels: int | None = None) -> tuple[int, int, int]:
-    """`(height, width, channels)` of a PNG/JPEG file from its header alone.
-
-    Raises `UnreadableInputError` for a file that is not a PNG/JPEG (by its
-    name or its bytes) and `InputError` when its channels differ from `channels`.
-    """
-    if not path.lower().endswith(IMAGE_SUFFIXES):
-        raise UnreadableInputError(
-            f"{path}: not a PNG or JPEG file (expected {', '.join(IMAGE_SUFFIXES)})"
-        )
-    with open_image(path, path) as image:
-        check_image(image, path, channels)
-        width, height = image.size
-        return height, width, image_channels(image)
+def list_folder(path: str) -> list[str]:
+    """The names of the files of directory `path`, sorted, hidden ones (`.*`) left out."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(path)
+        if not entry.name.startswith(".") and entry.is_file()
+    )
 
 
 class FolderSource:
     """PNG/JPEG files of one directory, sorted by name, decoded to uint8.
 
+    Every header is read (nothing decoded) when the source is opened: format,
+    mode, channels, at most `max_image_pixels` per image and `max_set_pixels`
+    for all the files together.
+
     Args:
         path: str. The directory.
         channels: optional int. Channels the model expects (checked per header).
+        max_image_pixels, max_set_pixels: optional ints. Pixel budgets (None: no limit);
+            beyond them `TooLargeError`.
         names: optional list of str. Files to read, relative to `path`, in this
             order; defaults to every non-hidden file of `path`, sorted by name.
     """
@@ -114,18 +125,31 @@ class FolderSource:
     key = None
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, path: str, channels: int | None = None, names: list[str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        channels: int | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
+        names: list[str] | None = None,
+    ):
         self.path = path
         if names is None:
-            names = sorted(
-                entry.name
-                for entry in os.scandir(path)
-                if not entry.name.startswith(".") and entry.is_file()
-            )
+            names = list_folder(path)
         if not names:
             raise InputError(f"{path}: no PNG or JPEG files in this directory")
+        for name in names:
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                raise UnreadableInputError(
+                    f"{os.path.join(path, name)}: not a PNG or JPEG file "
+                    f"(expected {', '.join(IMAGE_SUFFIXES)})"
+                )
         self.filenames = list(names)
-        self.shapes = [image_file_shape(os.path.join(path, name), channels) for name in names]
+        self.shapes = []
+        for name in names:
+            full = os.path.join(path, name)
+            self.shapes.append(read_header(full, full, channels, max_image_pixels))
+        check_total_pixels(sum(h * w for h, w, _ in self.shapes), max_set_pixels, path, "set")
         self.channels_seen = sorted({s[2] for s in self.shapes})
         if len(self.channels_seen) > 1:
             raise InputError(f"{path}: mixes greyscale and colour images")
@@ -250,7 +274,13 @@ def _open_hdf5(path: str, key: str | None) -> ArraySource:
         raise
 
 
-def open_source(path: str | os.PathLike, key: str | None = None, channels: int | None = None):
+def open_source(
+    path: str | os.PathLike,
+    key: str | None = None,
+    channels: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
+):
     """Opens an input for the batch command; raises `InputError` subclasses.
 
     Args:
@@ -258,12 +288,14 @@ def open_source(path: str | os.PathLike, key: str | None = None, channels: int |
         key: optional str. Array name in an `.npz` or dataset path in HDF5
             (optional when the file holds exactly one).
         channels: optional int. For folders: channels the model expects.
+        max_image_pixels, max_set_pixels: optional ints. For folders: most
+            pixels decoded per image and in all, told from the headers.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         if key is not None:
             raise InputError("--key applies only to .npz and HDF5 input, not to a folder")
-        return FolderSource(path, channels)
+        return FolderSource(path, channels, max_image_pixels, max_set_pixels)
     if not os.path.exists(path):
         raise UnreadableInputError(f"{path}: no such file or directory")
     with open(path, "rb") as handle:

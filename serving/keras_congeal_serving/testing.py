@@ -14,12 +14,15 @@ Transpose -> GridSample(align_corners=1, zeros) -> Transpose, opset 17.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
 __all__ = [
     "expected_translation",
+    "header_only_png",
     "make_translation_model",
     "translation_matrices",
     "translation_metadata",
@@ -199,3 +202,24 @@ def translation_matrices(shift: tuple[float, float], count: int) -> np.ndarray:
     tx, ty = (float(v) for v in shift)
     matrix = np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
     return np.tile(matrix, (count, 1, 1))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A tiny 8-bit greyscale PNG whose header claims `width` x `height`.
+
+    It has no pixel data: opening it reads the header, decoding it fails. A
+    hostile input for limits that must act on headers (a decompression bomb
+    when the size is large).
+    """
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b""))
+        + _png_chunk(b"IEND", b"")
+    )

@@ -7,7 +7,7 @@ Every model translates images by a fixed number of pixels (see
 import numpy as np
 import pytest
 
-from keras_congeal_serving.testing import make_translation_model
+from keras_congeal_serving.testing import header_only_png, make_translation_model
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,9 @@ def digits():
     """Five 8x8 uint8 images with distinct pixels."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def bomb_png():
+    """`bomb_png(width, height)` -> a greyscale PNG whose header alone claims that size."""
+    return header_only_png

@@ -322,3 +322,80 @@ def test_usage_errors(capsys):
     with pytest.raises(SystemExit) as info:
         main(["align", "m.onnx", "x.npy", "--output", "o", "--batch-size", "0"])
     assert info.value.code == 2
+
+
+def run_module(*args, umask=None):
+    """`python -m keras_congeal_serving align ARGS` in a subprocess (optionally under a umask)."""
+    return subprocess.run(
+        [sys.executable, "-m", "keras_congeal_serving", "align", *map(str, args), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
+
+
+def test_decompression_bomb_in_a_folder_is_one_line(grey_model, tmp_path, bomb_png):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(bomb_png(30000, 30000))
+    result = run_module(grey_model, folder, "--output", tmp_path / "out")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
+    assert "b.png" in lines[0] and "900000000 pixels" in lines[0], lines[0]
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "sizes, options, message",
+    [
+        # Headers claim 5000x5000 (no pixel data): refused from the header, never decoded.
+        ([(8, 8), (5000, 5000)], [], "b.png: 5000x5000 image has 25000000 pixels; at most"),
+        ([(8, 8), (8, 8)], ["--max-image-pixels", "63"], "a.png: 8x8 image has 64 pixels"),
+        ([(8, 8), (8, 8), (8, 8)], ["--max-set-pixels", "150"], "192 pixels in all"),
+    ],
+)
+def test_decoded_pixel_caps_per_image_and_per_set(
+    any_size_model, tmp_path, bomb_png, capsys, sizes, options, message
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, (width, height) in zip("abc"[: len(sizes)], sizes, strict=True):
+        if width * height > 10**6:
+            (folder / f"{name}.png").write_bytes(bomb_png(width, height))
+        else:
+            Image.new("L", (width, height)).save(folder / f"{name}.png")
+    code, err = run(capsys, any_size_model, folder, "--output", tmp_path / "out", *options)
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_float_images_scaled_0_255_are_refused(grey_model, digits, tmp_path):
+    """The same rule and message as `python -m keras_congeal congeal` (keras_congeal/io.py)."""
+    np.save(tmp_path / "f.npy", digits.astype(np.float32))  # 0..255 as float
+    result = run_module(grey_model, tmp_path / "f.npy", "--output", tmp_path / "out")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (
+        f"{ERROR_PREFIX}{tmp_path / 'f.npy'}: float images must lie in [0, 1], found values in "
+        f"[{digits.min():g}, {digits.max():g}]; rescale them (e.g. divide by 255) or pass uint8"
+    )
+    assert_nothing_written(tmp_path, tmp_path / "out")
+    # Within the tolerance of 1e-3 (rounding errors) it passes.
+    np.save(tmp_path / "ok.npy", (digits / 255.0 * 1.0005 - 0.0002).astype(np.float32))
+    result = run_module(grey_model, tmp_path / "ok.npy", "--output", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_follow_the_umask(grey_model, digits, tmp_path, umask):
+    np.save(tmp_path / "d.npy", digits)
+    result = run_module(grey_model, tmp_path / "d.npy", "--output", tmp_path / "out", umask=umask)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+    for name in ("aligned.npy", "transforms.npy", "report.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -8,7 +8,12 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from keras_congeal_serving.server import MicroBatcher, Overloaded, ServiceMetrics  # noqa: E402
+from keras_congeal_serving.server import (  # noqa: E402
+    MicroBatcher,
+    Overloaded,
+    ServiceMetrics,
+    ShuttingDown,
+)
 
 
 class FakeAligner:
@@ -78,3 +83,51 @@ def test_queue_bound_and_failures():
     assert isinstance(results[1], Overloaded)
     results = run_jobs(FakeAligner(fail=True), [[images(1)], [images(1)]])
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+class BlockingAligner(FakeAligner):
+    """`run` blocks until `release` is set: a call in flight while the service stops."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, batch):
+        self.started.set()
+        self.release.wait(10)
+        return super().run(batch)
+
+
+def test_stop_answers_every_accepted_job():
+    """Jobs in the running call, gathered for the next one and still queued all get
+    `ShuttingDown` (the service answers 503); nothing is left waiting forever."""
+    aligner = BlockingAligner()
+
+    async def main():
+        batcher = MicroBatcher(aligner, 2, 0.0, ServiceMetrics(2), 100)
+        await batcher.start()
+        tasks = [asyncio.ensure_future(batcher.submit([images(1)])) for _ in range(5)]
+        await asyncio.get_running_loop().run_in_executor(None, aligner.started.wait, 5)
+        threading.Timer(0.2, aligner.release.set).start()
+        await batcher.stop()
+        done, pending = await asyncio.wait(tasks, timeout=2)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"{len(pending)} accepted jobs got no answer"
+        assert all(isinstance(task.exception(), ShuttingDown) for task in done)
+        with pytest.raises(ShuttingDown):  # and nothing new is accepted
+            await batcher.submit([images(1)])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("error, status", [(ShuttingDown("x"), 503), (Overloaded("x"), 503)])
+def test_unavailable_jobs_are_answered_503(error, status):
+    from fastapi import HTTPException
+
+    from keras_congeal_serving.server import _as_http_errors
+
+    with pytest.raises(HTTPException) as info, _as_http_errors():
+        raise error
+    assert info.value.status_code == status

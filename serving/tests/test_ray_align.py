@@ -16,16 +16,25 @@ import ray
 from PIL import Image
 
 from keras_congeal_serving.__main__ import main
-from keras_congeal_serving.errors import InputError
+from keras_congeal_serving.errors import InputError, TooLargeError
 from keras_congeal_serving.ray_align import ray_align
 from keras_congeal_serving.testing import expected_translation, translation_matrices
 
 pytestmark = pytest.mark.ray
 
 
+# The cluster's processes (its workers write the shards) inherit the umask that
+# ray.init runs under; not the usual 0o022, so that a hard-coded mode shows.
+CLUSTER_UMASK = 0o002
+
+
 @pytest.fixture(scope="module")
 def ray_address():
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    previous = os.umask(CLUSTER_UMASK)
+    try:
+        context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.umask(previous)
     yield context.address_info["address"]
     ray.shutdown()
 
@@ -152,6 +161,7 @@ def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
     (data / "img01.png").write_bytes(b"not really a png")
     _truncated_png(data / "img03.png")
     Image.new("L", (9, 8)).save(data / "wide.png")
+    Image.new("L", (10, 11)).save(data / "big.png")  # over --max-image-pixels 100
     (data / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     good = [0, 2, 4]
     output = tmp_path / "out"
@@ -169,6 +179,8 @@ def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
             ray_address,
             "--shard-size",
             "4",
+            "--max-image-pixels",
+            "100",
             "--no-progress",
         ],
         capture_output=True,
@@ -176,10 +188,13 @@ def test_bad_files_are_listed_not_fatal(ray_address, grey_model, tmp_path):
         timeout=120,
     )
     assert process.returncode == 3, process.stderr
-    assert "4 bad files" in process.stderr.splitlines()[-1], process.stderr
+    assert "5 bad files" in process.stderr.splitlines()[-1], process.stderr
     manifest = json.loads((output / "manifest.json").read_text())
     reasons = {os.path.basename(b["file"]): b["reason"] for b in manifest["bad_files"]}
-    assert sorted(reasons) == ["broken.npy", "img01.png", "img03.png", "wide.png"]
+    assert sorted(reasons) == ["big.png", "broken.npy", "img01.png", "img03.png", "wide.png"]
+    assert reasons["big.png"] == (
+        "10x11 image has 110 pixels; at most 100 are decoded per image (--max-image-pixels)"
+    )
     assert "not a PNG or JPEG image" in reasons["img01.png"]
     assert "cannot decode image" in reasons["img03.png"]
     assert reasons["wide.png"] == "image is 8x9 (HxW); expected 8x8"
@@ -214,6 +229,8 @@ def test_command_line(ray_address, grey_model, digits, tmp_path):
     assert not (tmp_path / "out").exists()
     process = run(grey_model, tmp_path, "--output", tmp_path / "out", "--num-workers", "0")
     assert process.returncode == 2 and "--num-workers" in process.stderr
+    process = run(grey_model, tmp_path, "--output", tmp_path / "out", "--max-set-pixels", "0")
+    assert process.returncode == 2 and "--max-set-pixels must be >= 1" in process.stderr
     # A GPU provider on a cluster without GPUs: refused before any worker starts.
     np.save(tmp_path / "d.npy", digits)
     args = (grey_model, tmp_path / "d.npy", "--output", tmp_path / "out", "--no-progress")
@@ -256,3 +273,64 @@ def test_any_size_model_takes_the_size_of_the_first_readable_image(
     aligned, _, names = read_shards(tmp_path / "out", manifest)
     assert names == ["b.png", "c.png"]
     np.testing.assert_array_equal(aligned[0], expected_translation(images, (1, 0)))
+
+
+def test_pixel_budgets_and_float_range(ray_address, grey_model, bomb_png, tmp_path):
+    """Headers are read before decoding: a file over --max-image-pixels is a bad file, a
+    shard over --max-set-pixels fails with its files listed; 0-255 floats are refused."""
+    images = np.random.default_rng(6).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    data = tmp_path / "data"
+    save_pngs(data, images)
+    (data / "bomb.png").write_bytes(bomb_png(5000, 4000))  # a header, no pixel data
+    np.save(data / "floats.npy", images.astype(np.float32))  # 0-255 floats
+    # Shards (names sorted): [bomb, img00, img01], [img02..img04], [img05], floats.npy
+    # rows 0:3 and 3:6.
+    manifest = ray_align(
+        grey_model, data, tmp_path / "out", shard_size=3, max_set_pixels=150, progress=False
+    )
+    statuses = [s["status"] for s in manifest["shards"]]
+    assert statuses == ["done", "failed", "done", "failed", "failed"]
+    assert not manifest["complete"] and manifest["count"] == 3
+    assert (manifest["max_image_pixels"], manifest["max_set_pixels"]) == (4096 * 4096, 150)
+    assert len(manifest["bad_files"]) == 6  # floats.npy once per shard
+    reasons = {os.path.basename(b["file"]): b["reason"] for b in manifest["bad_files"]}
+    assert sorted(reasons) == ["bomb.png", "floats.npy", "img02.png", "img03.png", "img04.png"]
+    assert reasons["bomb.png"] == (
+        "5000x4000 image has 20000000 pixels; at most 16777216 are decoded per image "
+        "(--max-image-pixels)"
+    )
+    set_error = (
+        f"{data}: 192 pixels in all; at most 150 are decoded per set (--max-set-pixels); "
+        "send fewer or smaller images (shard 000001; use a smaller --shard-size)"
+    )
+    assert manifest["shards"][1]["error"] == set_error
+    assert {reasons[f"img0{i}.png"] for i in (2, 3, 4)} == {set_error}
+    assert "float images must lie in [0, 1], found values in [" in reasons["floats.npy"]
+    aligned, _, names = read_shards(tmp_path / "out", manifest)
+    assert names == ["img00.png", "img01.png", "img05.png"]
+    np.testing.assert_array_equal(
+        np.concatenate(aligned), expected_translation(images[[0, 1, 5]], (1, 0))
+    )
+    with pytest.raises(InputError, match="--max-set-pixels must be >= 1"):
+        ray_align(grey_model, data, tmp_path / "other", max_set_pixels=0)
+    assert not (tmp_path / "other").exists()
+    assert issubclass(TooLargeError, InputError)
+
+
+def test_outputs_follow_the_umask(ray_address, grey_model, tmp_path):
+    """Shard directories (made by the workers) and every file get the umask's permissions,
+    as align's output does (not mkdtemp's 0700 nor mkstemp's 0600)."""
+    images = np.random.default_rng(7).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    save_pngs(tmp_path / "data", images)
+    np.save(tmp_path / "data" / "d.npy", images)
+    previous = os.umask(CLUSTER_UMASK)  # the driver writes job.json and manifest.json
+    try:
+        ray_align(grey_model, tmp_path / "data", tmp_path / "out", shard_size=2, progress=False)
+    finally:
+        os.umask(previous)
+    paths = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    # out, job.json, manifest.json, shards/; 2 image shards of 4 files, 2 array shards of 3
+    assert len(paths) == 1 + 3 + 2 * (1 + 4) + 2 * (1 + 3)
+    for path in paths:
+        expected = (0o777 if path.is_dir() else 0o666) & ~CLUSTER_UMASK
+        assert path.stat().st_mode & 0o777 == expected, path

@@ -134,6 +134,7 @@ def running_service(model, log_path, *options):
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     client = Client(port)
+    client.pid = process.pid
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -241,6 +242,11 @@ def _nan_batch():
         (lambda c: c.post_npy(np.zeros((MAX_BATCH + 1, 8, 8), np.uint8)), 413, "maximum batch"),
         (lambda c: c.post_npy(np.zeros((2, 128, 128), np.float32)), 413, "maximum payload"),
         (lambda c: c.post_npy(_nan_batch()), 422, "image 1 contains NaN"),
+        (
+            lambda c: c.post_npy(np.full((2, 8, 8), 200.0, np.float32)),
+            422,
+            "float images must lie in [0, 1], found values in [200, 200]",
+        ),
         (lambda c: c.post_npy(np.zeros((0, 8, 8), np.uint8)), 422, "empty"),
         (lambda c: c.post_npy(np.zeros((2, 8, 8), np.int64)), 422, "unsupported dtype"),
         (lambda c: c.post_npy(np.zeros((2, 8, 8, 3), np.uint8)), 422, "3 channel"),
@@ -357,3 +363,64 @@ def test_any_size_model_with_images_of_two_sizes(any_size_model, tmp_path):
         assert status == 422 and "one size" in body["detail"]
         # Two sizes in one request: one onnxruntime call per size.
         assert metric(client.metrics(), "keras_congeal_batch_size_count") == 2
+
+
+def test_decompression_bomb_gives_413(server, bomb_png):
+    status, body = server.post_files([("bomb.png", bomb_png(30000, 30000))])
+    assert status == 413, body
+    assert "bomb.png" in body["detail"] and "900000000 pixels" in body["detail"], body
+    assert server.json("GET", "/ready")[0] == 200
+
+
+def peak_memory_bytes(pid) -> int:
+    """The process's peak resident set size (VmHWM), bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_headers_are_checked_before_anything_is_decoded(grey_model, tmp_path, digits):
+    """8 PNGs of 4096x4096 zeros: 140 KB on the wire, 128 MiB once decoded. The
+    service must refuse them from their headers, with its peak memory unchanged."""
+    large = io.BytesIO()
+    Image.new("L", (4096, 4096)).save(large, format="PNG", compress_level=9)
+    files = [(f"large{i}.png", large.getvalue()) for i in range(MAX_BATCH)]
+    with running_service(
+        grey_model, tmp_path / "log", "--max-batch", str(MAX_BATCH), "--max-payload-mb", "1"
+    ) as client:
+        assert client.post_files([("ok.png", png(digits[0]))])[0] == 200  # warm
+        before = peak_memory_bytes(client.pid)
+        status, body = client.post_files(files)
+        grown = peak_memory_bytes(client.pid) - before
+        assert status == 422, body
+        assert "large0.png: images are 4096x4096 (HxW) but the model takes 8x8" in body["detail"]
+        assert grown < 16 * 2**20, f"peak memory grew by {grown / 2**20:.0f} MiB"
+        assert client.post_files([("ok.png", png(digits[0]))])[0] == 200
+
+
+def test_any_size_pixel_budgets(any_size_model, tmp_path, bomb_png):
+    """Per image (--max-image-pixels) and per request (--max-request-pixels), from headers."""
+    with running_service(
+        any_size_model,
+        tmp_path / "log",
+        "--max-image-pixels",
+        "100",
+        "--max-request-pixels",
+        "150",
+    ) as client:
+        status, body = client.post_files([("big.png", png(np.zeros((10, 12), np.uint8)))])
+        assert (
+            status == 413 and "big.png: 12x10 image has 120 pixels; at most 100" in body["detail"]
+        ), body
+        two = [(f"{i}.png", png(np.zeros((8, 10), np.uint8))) for i in range(2)]
+        status, body = client.post_files(two)
+        assert status == 413 and "160 pixels in all" in body["detail"], body
+        status, body = client.post_files([("bomb.png", bomb_png(5000, 5000))])
+        assert status == 413 and "bomb.png: 5000x5000" in body["detail"], body
+        status, body = client.post_npy(np.zeros((2, 8, 10), np.uint8))
+        assert status == 413 and "160 pixels in all" in body["detail"], body
+        status, body = client.post_files(two[:1])
+        assert status == 200, body
