@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml benchmarks/requirements.txt
 $(SERVING_VENV)/.installed: serving/pyproject.toml
 	$(PYTHON) -m venv $(SERVING_VENV)
 	$(SERVING_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(SERVING_VENV)/bin/python -m pip install $(PIP_FLAGS) -e "./serving[cpu,http,hdf5,test]"
+	$(SERVING_VENV)/bin/python -m pip install $(PIP_FLAGS) -e "./serving[cpu,http,hdf5,ray,test]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -12,12 +12,17 @@ Usage examples:
     # A folder of PNG/JPEG files (sorted by name; names kept in filenames.json)
     python -m keras_congeal_serving align aligner.onnx photos/ --output results/photos
 
+    # Many files on a Ray cluster (the `ray` extra): shards + manifest.json, resumable
+    python -m keras_congeal_serving ray-align aligner.onnx 'archive/*.npy' \\
+        --output results/archive --address auto --num-workers 8 --batch-size 256
+
     # The HTTP service
     python -m keras_congeal_serving serve aligner.onnx --host 127.0.0.1 --port 8080 \\
         --max-batch 64 --max-payload-mb 16 --batch-timeout-ms 5
 
 Exit status: 0 on success, 1 for a bad input, model or provider (one line on
-stderr, nothing written), 2 for bad arguments.
+stderr, nothing written), 2 for bad arguments; `ray-align` exits with 3 when
+it finished but some files could not be aligned (listed in manifest.json).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import logging
 import sys
 
 from keras_congeal_serving import __version__
-from keras_congeal_serving.errors import InputError, ModelError, ProviderError
+from keras_congeal_serving.errors import InputError, ModelError, ProviderError, WorkerError
 from keras_congeal_serving.images import DEFAULT_MAX_IMAGE_PIXELS
 from keras_congeal_serving.limits import ServiceLimits
 from keras_congeal_serving.sources import DEFAULT_MAX_SET_PIXELS
@@ -37,13 +42,16 @@ __all__ = ["build_parser", "main"]
 PROG = "keras-congeal-serving"
 
 
-def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_runtime_arguments(
+    parser: argparse.ArgumentParser,
+    default_providers: str = "cuda,cpu when CUDA is available, else cpu",
+) -> None:
     parser.add_argument(
         "--providers",
         default=None,
         help="comma-separated onnxruntime execution providers, most preferred first: "
         "full names or aliases cpu, cuda, tensorrt, rocm, openvino, coreml, dml "
-        "(default: cuda,cpu when CUDA is available, else cpu)",
+        f"(default: {default_providers})",
     )
     parser.add_argument(
         "--strict",
@@ -58,6 +66,23 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=["debug", "info", "warning", "error"],
         help="logging level (default: warning for align, info for serve)",
+    )
+
+
+def _add_pixel_arguments(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """`--max-image-pixels` and `--max-set-pixels` of `align` and `ray-align`."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"image files: largest image decoded, told from its header "
+        f"({DEFAULT_MAX_IMAGE_PIXELS})",
+    )
+    parser.add_argument(
+        "--max-set-pixels",
+        type=int,
+        default=DEFAULT_MAX_SET_PIXELS,
+        help=f"{set_help}, told from the headers ({DEFAULT_MAX_SET_PIXELS})",
     )
 
 
@@ -85,20 +110,51 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing OUTPUT (only once the new result is complete)",
     )
-    align.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="folders: largest image decoded, told from its header (16777216)",
-    )
-    align.add_argument(
-        "--max-set-pixels",
-        type=int,
-        default=DEFAULT_MAX_SET_PIXELS,
-        help="folders: most pixels decoded in all, told from the headers (4294967296)",
-    )
+    _add_pixel_arguments(align, "folders: most pixels decoded in all")
     align.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_runtime_arguments(align)
+
+    ray_align = commands.add_parser(
+        "ray-align",
+        help="align many files on a Ray cluster (Ray Data), resumable",
+        description="Align a folder, file or glob of PNG/JPEG, .npy, .npz or HDF5 files with "
+        "Ray Data: OUTPUT/shards/NNNNNN/{aligned.npy,transforms.npy,shard.json} and "
+        "OUTPUT/manifest.json. Rerun into the same OUTPUT to resume; bad files are listed in "
+        "the manifest. Needs the `ray` extra.",
+    )
+    ray_align.add_argument("model", help="the exported .onnx model (readable by every node)")
+    ray_align.add_argument(
+        "input", help="a directory, a file, or a quoted glob ('data/**/*.npy') of input files"
+    )
+    ray_align.add_argument("--output", "-o", required=True, help="output directory")
+    ray_align.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: auto (this node's cluster), ray://HEAD:10001 or HOST:PORT "
+        "(default: start a local one)",
+    )
+    ray_align.add_argument(
+        "--num-workers", type=int, default=1, help="Ray actors, one session each (1)"
+    )
+    ray_align.add_argument("--batch-size", type=int, default=64, help="images per call (64)")
+    ray_align.add_argument(
+        "--shard-size", type=int, default=1024, help="images per output shard (1024)"
+    )
+    ray_align.add_argument("--key", default=None, help="array name in .npz / dataset in HDF5")
+    ray_align.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (1)"
+    )
+    ray_align.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs reserved per worker (1 when the first provider is cuda/tensorrt/rocm, else 0)",
+    )
+    _add_pixel_arguments(ray_align, "image files: most pixels decoded per shard")
+    ray_align.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime_arguments(
+        ray_align, default_providers="cpu; name the GPU explicitly, e.g. cuda --strict"
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -186,6 +242,37 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_align(args: argparse.Namespace) -> int:
+    from keras_congeal_serving.ray_align import ray_align
+
+    manifest = ray_align(
+        args.model,
+        args.input,
+        args.output,
+        address=args.address,
+        num_workers=args.num_workers,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        key=args.key,
+        providers=args.providers or "cpu",
+        strict=args.strict,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        intra_op_threads=args.intra_op_threads,
+        progress=not args.no_progress,
+        max_image_pixels=args.max_image_pixels,
+        max_set_pixels=args.max_set_pixels,
+    )
+    print(
+        f"{manifest['count']} images in {manifest['shards_total']} shards "
+        f"({manifest['shards_done']} aligned now, {manifest['shards_skipped']} already done, "
+        f"{manifest['shards_failed']} failed), {len(manifest['bad_files'])} bad files "
+        f"-> {args.output}/manifest.json",
+        file=sys.stderr,
+    )
+    return 0 if not manifest["bad_files"] and manifest["complete"] else 3
+
+
 def _serve(args: argparse.Namespace) -> int:
     from keras_congeal_serving.server import serve  # ImportError without the `http` extra
 
@@ -213,8 +300,13 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "align" and args.batch_size < 1:
+    if args.command in ("align", "ray-align") and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.command == "ray-align":
+        if args.num_workers < 1 or args.shard_size < 1:
+            parser.error("--num-workers and --shard-size must be >= 1")
+        if args.cpus_per_worker <= 0 or (args.gpus_per_worker or 0) < 0:
+            parser.error("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
     if args.command == "serve":
         if args.max_batch < 1:
             parser.error("--max-batch must be >= 1")
@@ -222,15 +314,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--max-payload-mb must be > 0 and --batch-timeout-ms >= 0")
         if min(args.max_image_pixels, args.max_request_pixels) < 1:
             parser.error("--max-image-pixels and --max-request-pixels must be >= 1")
-    if args.command == "align" and min(args.max_image_pixels, args.max_set_pixels) < 1:
+    if (
+        args.command in ("align", "ray-align")
+        and min(args.max_image_pixels, args.max_set_pixels) < 1
+    ):
         parser.error("--max-image-pixels and --max-set-pixels must be >= 1")
-    default_level = "warning" if args.command == "align" else "info"
+    default_level = "info" if args.command == "serve" else "warning"
     _configure_logging(args.log_level or default_level)
     try:
         if args.command == "align":
             return _align(args)
+        if args.command == "ray-align":
+            return _ray_align(args)
         return _serve(args)
-    except (InputError, ModelError, ProviderError, OSError, ValueError, ImportError) as error:
+    except (
+        InputError,
+        ModelError,
+        ProviderError,
+        WorkerError,
+        OSError,
+        ValueError,
+        ImportError,
+    ) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

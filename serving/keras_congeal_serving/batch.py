@@ -14,6 +14,7 @@ only after the new one is complete, and is never deleted before that.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -35,7 +36,7 @@ from keras_congeal_serving.sources import (
     open_source,
 )
 
-__all__ = ["run_align"]
+__all__ = ["run_align", "write_json_atomic"]
 
 
 def _check_output(output: str, input_path: str, overwrite: bool) -> None:
@@ -95,6 +96,23 @@ def _commit(tmp: str, output: str) -> None:
         os.rename(backup, output)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json_atomic(path: str, value) -> None:
+    """Writes `value` as JSON beside `path`, then moves it into place in one `os.replace`.
+
+    The file gets the umask's permissions (`tempfile.mkstemp` would make it 0600).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "x") as f:  # mode 0o666, less the umask
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _png_names(filenames: list[str]) -> list[str]:

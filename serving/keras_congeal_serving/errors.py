@@ -4,7 +4,14 @@ All messages are one line, meant to be shown to a user as they are (the batch
 command prints them on stderr, the HTTP service returns them as `detail`).
 """
 
-__all__ = ["InputError", "UnreadableInputError", "TooLargeError", "ModelError", "ProviderError"]
+__all__ = [
+    "InputError",
+    "UnreadableInputError",
+    "TooLargeError",
+    "ModelError",
+    "ProviderError",
+    "WorkerError",
+]
 
 
 class InputError(ValueError):
@@ -31,3 +38,8 @@ class ModelError(RuntimeError):
 
 class ProviderError(RuntimeError):
     """Strict mode: the requested execution provider is not the one in use."""
+
+
+class WorkerError(RuntimeError):
+    """`ray-align`: the Ray workers cannot start (the cluster lacks the resources
+    they ask for, or their `Aligner` fails there, e.g. no CUDA on the node)."""

@@ -28,7 +28,14 @@ from keras_congeal_serving.images import (
     read_header,
 )
 
-__all__ = ["DEFAULT_MAX_SET_PIXELS", "ArraySource", "FolderSource", "open_source"]
+__all__ = [
+    "DEFAULT_MAX_SET_PIXELS",
+    "ArraySource",
+    "FolderSource",
+    "iter_chunks",
+    "list_folder",
+    "open_source",
+]
 
 # Most pixels decoded from one folder (--max-set-pixels): 2**32, i.e. 4 GiB of
 # greyscale uint8 output (12 GiB RGB).
@@ -46,9 +53,13 @@ class ArraySource:
     filenames: list[str] | None = None
     uniform = True
 
-    def __init__(self, path: str, key: str | None, shape, dtype, reader, closer=None):
+    def __init__(
+        self, path: str, key: str | None, shape, dtype, reader, closer=None, sequential=False
+    ):
         self.path = path
         self.key = key
+        # True when rows can only be read in order, from the first (.npz streams).
+        self.sequential = sequential
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self._reader = reader
@@ -65,10 +76,33 @@ class ArraySource:
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._reader(start, stop))
 
+    def view(self, start: int, stop: int) -> ArraySource:
+        """The rows `start:stop` as a source of their own (closing it closes this one)."""
+        if self.sequential and start != 0:
+            raise ValueError(f"{self.describe()}: rows can only be read from the first")
+        return ArraySource(
+            self.path,
+            self.key,
+            (stop - start, *self.shape[1:]),
+            self.dtype,
+            lambda a, b: self._reader(start + a, start + b),
+            self.close,
+            self.sequential,
+        )
+
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
             self._closer = None
+
+
+def list_folder(path: str) -> list[str]:
+    """The names of the files of directory `path`, sorted, hidden ones (`.*`) left out."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(path)
+        if not entry.name.startswith(".") and entry.is_file()
+    )
 
 
 class FolderSource:
@@ -76,7 +110,15 @@ class FolderSource:
 
     Every header is read (nothing decoded) when the source is opened: format,
     mode, channels, at most `max_image_pixels` per image and `max_set_pixels`
-    for the whole folder.
+    for all the files together.
+
+    Args:
+        path: str. The directory.
+        channels: optional int. Channels the model expects (checked per header).
+        max_image_pixels, max_set_pixels: optional ints. Pixel budgets (None: no limit);
+            beyond them `TooLargeError`.
+        names: optional list of str. Files to read, relative to `path`, in this
+            order; defaults to every non-hidden file of `path`, sorted by name.
     """
 
     kind = "folder"
@@ -89,13 +131,11 @@ class FolderSource:
         channels: int | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         max_set_pixels: int | None = DEFAULT_MAX_SET_PIXELS,
+        names: list[str] | None = None,
     ):
         self.path = path
-        names = sorted(
-            entry.name
-            for entry in os.scandir(path)
-            if not entry.name.startswith(".") and entry.is_file()
-        )
+        if names is None:
+            names = list_folder(path)
         if not names:
             raise InputError(f"{path}: no PNG or JPEG files in this directory")
         for name in names:
@@ -104,7 +144,7 @@ class FolderSource:
                     f"{os.path.join(path, name)}: not a PNG or JPEG file "
                     f"(expected {', '.join(IMAGE_SUFFIXES)})"
                 )
-        self.filenames = names
+        self.filenames = list(names)
         self.shapes = []
         for name in names:
             full = os.path.join(path, name)
@@ -192,7 +232,7 @@ def _open_npz(path: str, key: str | None) -> ArraySource:
         stream.close()
         archive.close()
 
-    return ArraySource(path, key, shape, dtype, reader, closer)
+    return ArraySource(path, key, shape, dtype, reader, closer, sequential=True)
 
 
 def _hdf5_datasets(handle) -> list[str]:

@@ -19,6 +19,7 @@ def test_import_does_not_load_tensorflow_or_keras():
         "import sys\n"
         "import keras_congeal_serving, keras_congeal_serving.batch, keras_congeal_serving.server\n"
         "import keras_congeal_serving.sources, keras_congeal_serving.__main__\n"
+        "import keras_congeal_serving.ray_align\n"
         "keras_congeal_serving.Aligner  # noqa\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "assert not bad, bad\n"
