@@ -50,7 +50,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_congeal.data._io import atomic_output
+from keras_congeal.io.atomic import atomic_file
 from keras_congeal.data.mnist import DATA_ENV_VAR, load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import (
     AFFNIST_PADDING,
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         arrays = {}
         for name, path in outputs.items():
-            tmp = stack.enter_context(atomic_output(path))
+            tmp = stack.enter_context(atomic_file(path))
             arrays[name] = stack.enter_context(_open_array(tmp, path, name, *specs[name]))
         start = 0
         for chunk in _generate(args, sources):
