@@ -50,7 +50,6 @@ import h5py
 import keras
 import numpy as np
 
-from keras_congeal.io.atomic import atomic_file
 from keras_congeal.data.mnist import DATA_ENV_VAR, load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import (
     AFFNIST_PADDING,
@@ -59,6 +58,7 @@ from keras_congeal.data.perturb import (
     iter_infimnist_like,
     iter_perspective_perturbation,
 )
+from keras_congeal.io.atomic import atomic_file
 
 _DATASETS = ("mnist", "affnist", "infimnist")
 _EXTENSIONS = (".npy", ".h5", ".hdf5")

@@ -25,9 +25,9 @@ from importlib import resources
 
 import numpy as np
 
-from keras_congeal.io.atomic import atomic_file
 from keras_congeal.data.mnist import load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import perspective_perturbation
+from keras_congeal.io.atomic import atomic_file
 
 __all__ = ["DEMO_DIGIT", "DEMO_N", "DEMO_SIGMA", "DEMO_SEED", "load_demo", "build_demo"]
 
