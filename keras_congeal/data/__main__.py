@@ -42,7 +42,6 @@ perturbations use `seed`, so `mnist --digit 3 --n 1000 --sigma 0.2 --seed 0`
 reproduces the built-in demo set.
 """
 
-import argparse
 import contextlib
 import os
 
@@ -50,6 +49,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_congeal.cli._parser import OneLineParser
 from keras_congeal.data.mnist import DATA_ENV_VAR, load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import (
     AFFNIST_PADDING,
@@ -64,15 +64,8 @@ _DATASETS = ("mnist", "affnist", "infimnist")
 _EXTENSIONS = (".npy", ".h5", ".hdf5")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Reports an error in one line on stderr (no usage block), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser():
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m keras_congeal.data",
         description="Generate perturbed MNIST, affNIST-like or infiMNIST-like digits.",
     )
