@@ -42,11 +42,12 @@ from keras_congeal.io.atomic import InputError, unlink_quietly
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "InputError",
     "ImageSource",
     "ImagesView",
     "open_images",
+    "check_images",
     "check_model_file",
+    "is_listed_image",
     "read_image_file",
     "scan_values",
     "value_range_of",
@@ -329,17 +330,7 @@ def _open_npz(path, key):
         members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
         if not members:
             raise InputError(f"{path}: a zip file without arrays (not an .npz)")
-        if key is None:
-            if len(members) != 1:
-                raise InputError(
-                    f"{path}: holds several arrays ({', '.join(sorted(members))}); "
-                    "choose one with --key"
-                )
-            key = next(iter(members))
-        if key not in members:
-            raise InputError(
-                f"{path}: no array {key!r}; available: {', '.join(sorted(members))}"
-            )
+        key = _pick_key(path, sorted(members), key, "array")
         info = archive.getinfo(members[key])
         name = f"{path}[{key}]"
         if info.compress_type == zipfile.ZIP_STORED:
@@ -415,6 +406,19 @@ def _map_stored_member(path, archive, info, name):
                      shape=shape, order="F" if fortran else "C")
 
 
+def _pick_key(path, names, key, what):
+    """`key` if it is one of `names`, or the only name when `key` is None."""
+    if key is None:
+        if len(names) != 1:
+            raise InputError(
+                f"{path}: holds several {what}s ({', '.join(names)}); choose one with --key"
+            )
+        return names[0]
+    if key not in names:
+        raise InputError(f"{path}: no {what} {key!r}; available: {', '.join(names)}")
+    return key
+
+
 def _hdf5_datasets(handle):
     names = []
     handle.visititems(lambda name, obj: names.append(name) if hasattr(obj, "dtype") else None)
@@ -432,16 +436,7 @@ def _open_hdf5(path, key):
         datasets = _hdf5_datasets(handle)
         if not datasets:
             raise InputError(f"{path}: an HDF5 file without datasets")
-        if key is None:
-            if len(datasets) != 1:
-                raise InputError(
-                    f"{path}: holds several datasets ({', '.join(datasets)}); "
-                    "choose one with --key"
-                )
-            key = datasets[0]
-        key = key.strip("/")
-        if key not in datasets:
-            raise InputError(f"{path}: no dataset {key!r}; available: {', '.join(datasets)}")
+        key = _pick_key(path, datasets, None if key is None else key.strip("/"), "dataset")
         return ImageSource(handle[key], kind="hdf5", path=path, key=key, closers=[handle.close])
     except BaseException:
         handle.close()
