@@ -16,7 +16,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -207,18 +206,14 @@ def _jsonable(value):
 
 
 def write_json_atomic(path, data):
-    """Writes `data` as JSON to `path` through a temporary file and a rename."""
+    """Writes `data` as JSON to `path` atomically (`keras_congeal.io.atomic_file`)."""
+    from keras_congeal.io import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(_jsonable(data), f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(_jsonable(data), f, indent=1, sort_keys=False)
+        f.write("\n")
 
 
 def read_json(path):
@@ -227,16 +222,13 @@ def read_json(path):
 
 
 def write_npz_atomic(path, arrays):
+    """Writes `arrays` to a compressed `.npz` at `path` atomically."""
+    from keras_congeal.io import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(handle)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 class ResultStore:

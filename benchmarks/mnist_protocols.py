@@ -133,7 +133,7 @@ def _run_congealer(objective):
         start = time.perf_counter()
         model, history = fit_congealer(x, settings, verbose=0)
         fit_seconds = time.perf_counter() - start
-        result = model.align(x[..., None], batch_size=256)
+        result = model.align(x[..., None])
         history = {k: [float(v) for v in values] for k, values in history.history.items()}
         reference = np.asarray(keras.ops.convert_to_numpy(model.reference))[..., 0]
         keras.backend.clear_session()

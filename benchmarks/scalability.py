@@ -95,7 +95,7 @@ def _worker(args):
         model, _ = fit_congealer(images, settings, monitor_size=0, verbose=0,
                                  callbacks=[epoch_times])
         fit_seconds = time.perf_counter() - start
-        model.align(images.astype("float32")[..., None] / 255.0, batch_size=256)
+        model.align(images.astype("float32")[..., None] / 255.0)
         steady = epoch_times.times[1:] or epoch_times.times
         extra = {
             "settings": settings.to_dict(), "fit_seconds": fit_seconds,

@@ -5,6 +5,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_congeal.constants import ALIGN_BATCH_SIZE
 from keras_congeal.metrics import aligned_points, content_scale, ink_kept, landmark_error
 from keras_congeal.metrics import apsnr as compute_apsnr
 
@@ -59,7 +60,7 @@ class AlignmentMonitor(keras.callbacks.Callback):
         self.history = []
 
     def measure(self):
-        result = self.model.align(self.images, batch_size=512)
+        result = self.model.align(self.images, batch_size=ALIGN_BATCH_SIZE)
         scales = content_scale(result["transforms"], self.images.shape[1:3])
         measures = {
             "apsnr": compute_apsnr(result["aligned"], data_range=1.0),

@@ -31,6 +31,7 @@ is farther from the set than the median image (an atypical reference: look at
 * an array `(H, W[, C])`: that image (e.g. a template the user drew).
 """
 
+import os
 import warnings
 
 import numpy as np
@@ -60,7 +61,10 @@ def choose_reference(images, strategy="medoid", data_range=1.0, sample_size=1000
     Args:
         images: array-like (N, H, W, C) indexable by slices (a NumPy array,
             a memory map or an h5py dataset).
-        strategy: `"medoid"`, `"mean"`, an `int` index or an image array.
+        strategy: `"medoid"`, `"mean"`, an `int` index, an image array, or
+            the path of a PNG/JPEG file of the images' size (the one place
+            where `CongealSettings.reference` is interpreted; the command
+            line's `--reference` comes here too).
         data_range: float. The value of white in `images` (255 for uint8).
         sample_size: int. Images considered by `"medoid"`.
         seed: int. Seed of the `"medoid"` sample.
@@ -68,10 +72,18 @@ def choose_reference(images, strategy="medoid", data_range=1.0, sample_size=1000
 
     Returns:
         `(reference, index)`: the image as float32 in [0, 1] with the images'
-        shape `(H, W, C)`, and its index in `images` (`None` for an array).
+        shape `(H, W, C)`, and its index in `images` (`None` for an array or
+        a file).
+
+    Raises:
+        ValueError: an unknown strategy, an index out of range, an array of
+            another shape; `keras_congeal.io.InputError` (a `ValueError`) for
+            a missing, unreadable or wrongly sized image file.
     """
     n = len(images)
     shape = tuple(images.shape[1:])
+    if isinstance(strategy, (str, os.PathLike)) and strategy not in STRATEGIES:
+        return _read_reference_file(os.fspath(strategy), shape), None
     if isinstance(strategy, (np.ndarray, list)):
         reference = np.asarray(strategy, dtype="float32")
         if reference.ndim == 2 and len(shape) == 3 and shape[-1] == 1:
@@ -99,6 +111,25 @@ def choose_reference(images, strategy="medoid", data_range=1.0, sample_size=1000
             "an image index or an image array."
         )
     return _as_float(images[index:index + 1], data_range)[0], index
+
+
+def _read_reference_file(path, shape):
+    """The image file `path` as float32 in [0, 1] of `shape` (H, W, C)."""
+    from keras_congeal.io import InputError, read_image_file
+
+    height, width, channels = shape
+    if not os.path.isfile(path):
+        raise InputError(
+            f"{path}: no such image file (expected {', '.join(STRATEGIES)}, an image index "
+            "or a PNG/JPEG file)"
+        )
+    image = read_image_file(path, channels=channels)
+    if image.shape[:2] != (height, width):
+        raise InputError(
+            f"{path}: {image.shape[1]}x{image.shape[0]} pixels, but the images are "
+            f"{width}x{height}"
+        )
+    return image.reshape(shape).astype("float32") / np.float32(255.0)
 
 
 def _border_band(height, width):

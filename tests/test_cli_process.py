@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_congeal import io
 from keras_congeal.cli import _framework_logs_filtered, start_up_noise
+from keras_congeal.io import images as io
 from tests.conftest import REPO
 
 

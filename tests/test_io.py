@@ -307,3 +307,29 @@ def test_atomic_output_dir_refuses_bad_places(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(InputError, match="refusing to write over the input"):
         AtomicOutputDir(tmp_path, overwrite=True, protect=[tmp_path / "data"]).check()
+
+
+def test_atomic_file_takes_a_fresh_name_and_follows_the_umask(tmp_path):
+    target = tmp_path / "a.bin"
+    old = os.umask(0o022)
+    try:
+        with atomic_file(target) as tmp:
+            assert os.path.exists(tmp)  # created empty: the name is taken
+            assert os.path.dirname(tmp) == str(tmp_path)
+            with open(tmp, "wb") as f:
+                f.write(b"x")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"x"
+    assert os.stat(target).st_mode & 0o777 == 0o644
+
+
+def test_one_atomic_writer_and_one_input_error():
+    """The data generator and the ONNX export write through `keras_congeal.io`."""
+    from keras_congeal import io
+    from keras_congeal.data import __main__ as data_main
+    from keras_congeal.data import demo
+    from keras_congeal.io import images
+
+    assert data_main.atomic_file is io.atomic_file and demo.atomic_file is io.atomic_file
+    assert images.InputError is io.InputError

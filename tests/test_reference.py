@@ -52,3 +52,35 @@ def test_atypical_reference_warns():
     with pytest.warns(ReferenceWarning, match=r"farther from the set than \d+% .* --reference"):
         _, index = choose_reference(images, "medoid")
     assert index >= 97
+
+
+def test_an_image_file_is_a_reference(tmp_path):
+    """`reference` as a path works from Python too, not only from the CLI."""
+    from PIL import Image
+
+    from keras_congeal.io import InputError
+
+    images = np.random.default_rng(0).random((5, 12, 10, 1)).astype("float32")
+    pixels = np.arange(120, dtype=np.uint8).reshape(12, 10) * 2
+    Image.fromarray(pixels).save(tmp_path / "ref.png")
+    reference, index = choose_reference(images, str(tmp_path / "ref.png"))
+    assert index is None and reference.shape == (12, 10, 1) and reference.dtype == np.float32
+    np.testing.assert_allclose(reference[..., 0], pixels / 255.0, atol=1e-7)
+    reference, _ = choose_reference(images, tmp_path / "ref.png")  # a Path works too
+    with pytest.raises(InputError, match=r"nope\.png: no such image file"):
+        choose_reference(images, str(tmp_path / "nope.png"))
+    with pytest.raises(InputError, match=r"ref\.png: 10x12 pixels, but the images are 9x12"):
+        choose_reference(images[:, :, :9], str(tmp_path / "ref.png"))
+
+
+def test_fit_congealer_takes_a_reference_file(tmp_path):
+    from PIL import Image
+
+    from keras_congeal.training import CongealSettings, fit_congealer
+
+    images = (np.random.default_rng(1).random((16, 28, 28)) * 255).astype(np.uint8)
+    Image.fromarray(images[3]).save(tmp_path / "face.png")
+    settings = CongealSettings(reference=str(tmp_path / "face.png"), epochs=1, batch_size=8)
+    model, _ = fit_congealer(images, settings, monitor_size=0, verbose=0)
+    np.testing.assert_allclose(np.asarray(model.reference)[..., 0], images[3] / 255.0,
+                               atol=1e-6)

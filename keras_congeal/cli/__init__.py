@@ -44,11 +44,14 @@ written); 2 bad arguments; 130 interrupted (congeal: --resume continues).
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import re
 import sys
 import tempfile
+
+from keras_congeal.cli._parser import OneLineParser
 
 __all__ = ["PROG", "SETTING_FLAGS", "build_parser", "main"]
 
@@ -78,13 +81,6 @@ SETTING_FLAGS = {
     "min_steps": "--min-steps",
     "seed": "--seed",
 }
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Reports an argument error in one line on stderr (no usage block), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
 def _reference(value):
@@ -203,7 +199,7 @@ def build_parser():
     """The argument parser (imports Keras: the defaults come from `CongealSettings`)."""
     from keras_congeal import __version__
 
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Congeal (jointly align) an image set with deep penalised "
         "reconstruction congealing, or align new images with a trained model.",
@@ -212,7 +208,8 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_OneLineParser)
+                                     parser_class=functools.partial(OneLineParser,
+                                                                    error_prog=PROG))
     align_default = _align_batch_size()
 
     congeal = commands.add_parser(

@@ -37,7 +37,7 @@ from keras_congeal.cli._outputs import (
     write_figures,
     write_json,
 )
-from keras_congeal.io import InputError, atomic_file, read_image_file
+from keras_congeal.io import InputError, atomic_file
 from keras_congeal.models.saving import save_without_optimizer
 from keras_congeal.presets import get_preset, preset_for_size
 from keras_congeal.reference import STRATEGIES, ReferenceWarning, choose_reference
@@ -167,20 +167,11 @@ def _resolve_reference(settings, inputs):
     """The reference image (H, W, C) float32 in [0, 1], its index (or None) and
     the `ReferenceWarning` of an atypical automatic choice (or None)."""
     spec = settings.reference
-    height, width, channels = inputs.image_shape
-    if isinstance(spec, str) and spec not in STRATEGIES:
-        if not os.path.isfile(spec):
-            raise InputError(
-                f"--reference {spec}: no such image file (expected {', '.join(STRATEGIES)}, "
-                "an image index or a PNG/JPEG file)"
-            )
-        image = read_image_file(spec, channels=channels)
-        if image.shape[:2] != (height, width):
-            raise InputError(
-                f"--reference {spec}: {image.shape[1]}x{image.shape[0]} pixels, but the "
-                f"images are {width}x{height}"
-            )
-        return image.reshape(height, width, channels).astype("float32") / 255.0, None, None
+    if isinstance(spec, str) and spec not in STRATEGIES:  # an image file
+        try:
+            return choose_reference(images_nhwc(inputs.images), spec)[0], None, None
+        except InputError as error:
+            raise InputError(f"--reference {error}") from None
     if isinstance(spec, int) and not -inputs.count <= spec < inputs.count:
         raise InputError(f"--reference {spec}: out of range for {inputs.count} images")
     with warnings.catch_warnings(record=True) as caught:

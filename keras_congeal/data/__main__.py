@@ -42,7 +42,6 @@ perturbations use `seed`, so `mnist --digit 3 --n 1000 --sigma 0.2 --seed 0`
 reproduces the built-in demo set.
 """
 
-import argparse
 import contextlib
 import os
 
@@ -50,7 +49,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_congeal.data._io import atomic_output
+from keras_congeal.cli._parser import OneLineParser
 from keras_congeal.data.mnist import DATA_ENV_VAR, load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import (
     AFFNIST_PADDING,
@@ -59,20 +58,14 @@ from keras_congeal.data.perturb import (
     iter_infimnist_like,
     iter_perspective_perturbation,
 )
+from keras_congeal.io.atomic import atomic_file
 
 _DATASETS = ("mnist", "affnist", "infimnist")
 _EXTENSIONS = (".npy", ".h5", ".hdf5")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Reports an error in one line on stderr (no usage block), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser():
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m keras_congeal.data",
         description="Generate perturbed MNIST, affNIST-like or infiMNIST-like digits.",
     )
@@ -216,7 +209,7 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         arrays = {}
         for name, path in outputs.items():
-            tmp = stack.enter_context(atomic_output(path))
+            tmp = stack.enter_context(atomic_file(path))
             arrays[name] = stack.enter_context(_open_array(tmp, path, name, *specs[name]))
         start = 0
         for chunk in _generate(args, sources):

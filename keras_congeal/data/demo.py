@@ -25,9 +25,9 @@ from importlib import resources
 
 import numpy as np
 
-from keras_congeal.data._io import atomic_output
 from keras_congeal.data.mnist import load_mnist, mnist_digit_indices
 from keras_congeal.data.perturb import perspective_perturbation
+from keras_congeal.io.atomic import atomic_file
 
 __all__ = ["DEMO_DIGIT", "DEMO_N", "DEMO_SIGMA", "DEMO_SEED", "load_demo", "build_demo"]
 
@@ -91,7 +91,7 @@ def build_demo(mnist_path=None, output=None):
     originals = x_train[indices]
     images, matrices = perspective_perturbation(originals, DEMO_SIGMA, seed=DEMO_SEED)
     output = os.fspath(output or _asset_path())
-    with atomic_output(output) as tmp:
+    with atomic_file(output) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(
                 f,

@@ -1,4 +1,4 @@
-"""Private TensorFlow/tf2onnx helpers of `keras_congeal.export`.
+"""Private TensorFlow/tf2onnx helpers of `keras_congeal.export.onnx`.
 
 Imported only by the exporter (it needs TensorFlow and tf2onnx). It holds:
 
@@ -6,11 +6,13 @@ Imported only by the exporter (it needs TensorFlow and tf2onnx). It holds:
   `tf.raw_ops.ImageProjectiveTransformV3`, a single TensorFlow op that the
   handler below turns into one ONNX `GridSample`;
 * the tf2onnx handler of `ImageProjectiveTransformV3` (registered when this
-  module is imported; opset >= 16, where `GridSample` exists);
+  module is imported; `version_16`: GridSample joined ONNX in opset 16,
+  `keras_congeal.export.onnx.MIN_OPSET`);
 * `gather_warp`: the `keras.ops` sampler's algorithm with dynamic image sizes
-  (the gather fallback of `--any-size`);
-* `resize_align_corners`: the bilinear resize that matches the normalised
-  frame of the transform parameters.
+  (the gather fallback of `--any-size`).
+
+The `--any-size` graph resizes with `keras_congeal.ops.resize` (plain matrix
+products, no special op).
 
 Conventions (see `keras_congeal.ops.geometry`): pixel coordinates, `x` = column,
 `y` = row, pixel centres at integers; matrices map output pixels to the input
@@ -45,10 +47,7 @@ from tf2onnx.handler import tf_op
 
 from keras_congeal.ops import geometry
 
-__all__ = ["projective_warp", "gather_warp", "resize_align_corners", "GRIDSAMPLE_MIN_OPSET"]
-
-# GridSample joined ONNX in opset 16.
-GRIDSAMPLE_MIN_OPSET = 16
+__all__ = ["projective_warp", "gather_warp"]
 
 
 def _to_tf_transforms(src_from_dst):
@@ -117,27 +116,6 @@ def gather_warp(images, src_from_dst, output_size=None):
         + corner(x0 + 1.0, y0, wx1 * wy0)
         + corner(x0, y0 + 1.0, wx0 * wy1)
         + corner(x0 + 1.0, y0 + 1.0, wx1 * wy1)
-    )
-
-
-def resize_align_corners(images, size):
-    """Bilinear resize with `align_corners=True` (ONNX `Resize`, "align_corners").
-
-    The transform parameters live in normalised coordinates whose -1 and +1 are
-    the centres of the corner pixels; the resize that maps that frame of the
-    input onto the same frame of the output is the `align_corners` one (output
-    pixel `x` samples input pixel `x (W_in - 1) / (W_out - 1)`). It equals
-    `sampling.warp` by the identity parameters converted with
-    `geometry.delta_to_pixel_matrix(0, input_size, size)`. A half-pixel resize
-    would shift and scale the content by a fraction of a pixel relative to that
-    frame. No antialiasing: when shrinking by a large factor, pre-shrink with a
-    low-pass filter for best results.
-    """
-    return tf.raw_ops.ResizeBilinear(
-        images=images,
-        size=tf.constant([int(size[0]), int(size[1])], tf.int32),
-        align_corners=True,
-        half_pixel_centers=False,
     )
 
 

@@ -1,4 +1,4 @@
-"""Reading image sets and writing results atomically, for the command line.
+"""Reading image sets, for the command line and the Python API.
 
 Inputs (`open_images`), told apart by their first bytes, not their names:
 
@@ -27,17 +27,10 @@ a `.npy`, an uncompressed `.npz` or HDF5, read lazily.
 Arrays are `(N, H, W)` or `(N, H, W, C)` with `C` 1 or 3, uint8 (0..255) or
 float ([0, 1]). Every problem raises `InputError` with a one-line message
 naming the file.
-
-Outputs: `atomic_file` (a file that appears complete or not at all),
-`AtomicOutputDir` (a directory built in `DIR.partial/` and renamed to `DIR`
-when complete) and `write_npy_streaming`/`NpyWriter` (a `.npy` filled chunk by
-chunk through `np.lib.format.open_memmap`).
 """
 
-import contextlib
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import warnings
@@ -45,23 +38,22 @@ import zipfile
 
 import numpy as np
 
+from keras_congeal.io.atomic import InputError, unlink_quietly
+
 __all__ = [
     "IMAGE_SUFFIXES",
-    "InputError",
     "ImageSource",
     "ImagesView",
     "open_images",
+    "check_images",
     "check_model_file",
+    "is_listed_image",
     "read_image_file",
     "scan_values",
     "value_range_of",
     "MAX_IMAGE_PIXELS",
     "MAX_FOLDER_BYTES",
     "MAX_UNPACKED_BYTES",
-    "atomic_file",
-    "AtomicOutputDir",
-    "NpyWriter",
-    "write_npy_streaming",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -85,10 +77,6 @@ _PIL_MODES = {
     "1": "L", "L": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGB": "RGB", "RGBA": "RGB",
     "CMYK": "RGB", "YCbCr": "RGB",
 }
-
-
-class InputError(ValueError):
-    """A bad input or output path; the message is one line, meant for a user."""
 
 
 # === Reading ===
@@ -342,17 +330,7 @@ def _open_npz(path, key):
         members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
         if not members:
             raise InputError(f"{path}: a zip file without arrays (not an .npz)")
-        if key is None:
-            if len(members) != 1:
-                raise InputError(
-                    f"{path}: holds several arrays ({', '.join(sorted(members))}); "
-                    "choose one with --key"
-                )
-            key = next(iter(members))
-        if key not in members:
-            raise InputError(
-                f"{path}: no array {key!r}; available: {', '.join(sorted(members))}"
-            )
+        key = _pick_key(path, sorted(members), key, "array")
         info = archive.getinfo(members[key])
         name = f"{path}[{key}]"
         if info.compress_type == zipfile.ZIP_STORED:
@@ -370,7 +348,7 @@ def _open_npz(path, key):
             os.unlink(tmp)
             raise
     return ImageSource(images, kind="npz", path=path, key=key,
-                       closers=[lambda: _unlink_quietly(tmp)])
+                       closers=[lambda: unlink_quietly(tmp)])
 
 
 def check_model_file(path):
@@ -398,11 +376,6 @@ def _check_unpacked_size(name, size):
             f"{name}: a compressed array of {_gib(size)} unpacked, but {tmpdir} has "
             f"{_gib(free)} free: {advice}"
         )
-
-
-def _unlink_quietly(path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _map_stored_member(path, archive, info, name):
@@ -433,6 +406,19 @@ def _map_stored_member(path, archive, info, name):
                      shape=shape, order="F" if fortran else "C")
 
 
+def _pick_key(path, names, key, what):
+    """`key` if it is one of `names`, or the only name when `key` is None."""
+    if key is None:
+        if len(names) != 1:
+            raise InputError(
+                f"{path}: holds several {what}s ({', '.join(names)}); choose one with --key"
+            )
+        return names[0]
+    if key not in names:
+        raise InputError(f"{path}: no {what} {key!r}; available: {', '.join(names)}")
+    return key
+
+
 def _hdf5_datasets(handle):
     names = []
     handle.visititems(lambda name, obj: names.append(name) if hasattr(obj, "dtype") else None)
@@ -450,16 +436,7 @@ def _open_hdf5(path, key):
         datasets = _hdf5_datasets(handle)
         if not datasets:
             raise InputError(f"{path}: an HDF5 file without datasets")
-        if key is None:
-            if len(datasets) != 1:
-                raise InputError(
-                    f"{path}: holds several datasets ({', '.join(datasets)}); "
-                    "choose one with --key"
-                )
-            key = datasets[0]
-        key = key.strip("/")
-        if key not in datasets:
-            raise InputError(f"{path}: no dataset {key!r}; available: {', '.join(datasets)}")
+        key = _pick_key(path, datasets, None if key is None else key.strip("/"), "dataset")
         return ImageSource(handle[key], kind="hdf5", path=path, key=key, closers=[handle.close])
     except BaseException:
         handle.close()
@@ -575,206 +552,3 @@ def _open_folder(path):
     for i, name in enumerate(names):
         images[i] = read_image_file(os.path.join(path, name))
     return ImageSource(images, filenames=names, kind="folder", path=path)
-
-
-# === Writing ===
-
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """Yields a temporary path beside `path`; on success it replaces `path`.
-
-    On an exception the temporary file is deleted and `path` is untouched.
-    """
-    path = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    os.replace(tmp, path)
-
-
-class NpyWriter:
-    """A `.npy` file filled in order, chunk by chunk, through a memory map.
-
-    Args:
-        path: str. The file to create.
-        shape: tuple. The whole array's shape.
-        dtype: the array's dtype.
-
-    Example:
-
-    >>> with NpyWriter("aligned.npy", (n, 28, 28), np.uint8) as out:
-    ...     for chunk in chunks:
-    ...         out.write(chunk)
-    """
-
-    def __init__(self, path, shape, dtype):
-        self.path = os.fspath(path)
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.written = 0
-        self._array = np.lib.format.open_memmap(
-            self.path, mode="w+", dtype=self.dtype, shape=self.shape
-        )
-
-    def write(self, chunk):
-        chunk = np.asarray(chunk)
-        stop = self.written + len(chunk)
-        if stop > self.shape[0]:
-            raise ValueError(f"{self.path}: {stop} rows written, the array holds {self.shape[0]}")
-        self._array[self.written:stop] = chunk.reshape((len(chunk), *self.shape[1:]))
-        self.written = stop
-
-    def close(self):
-        if self._array is not None:
-            self._array.flush()
-            self._array = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc_info):
-        self.close()
-        if exc_type is None and self.written != self.shape[0]:
-            raise ValueError(
-                f"{self.path}: {self.written} of {self.shape[0]} rows were written"
-            )
-
-
-def write_npy_streaming(path, chunks, shape, dtype):
-    """Writes the arrays of the iterable `chunks`, in order, into one `.npy`.
-
-    Memory stays at one chunk; the file is written atomically (a temporary
-    file beside `path`, renamed at the end).
-
-    Returns:
-        `path`.
-    """
-    with atomic_file(path) as tmp:
-        with NpyWriter(tmp, shape, dtype) as out:
-            for chunk in chunks:
-                out.write(chunk)
-    return path
-
-
-class AtomicOutputDir:
-    """An output directory that appears complete, or not at all.
-
-    The result is built in the sibling `DIR.partial/` and renamed to `DIR`
-    by `commit()`. An existing `DIR` is kept until the new result is
-    complete (and only replaced with `overwrite`, unless it is empty). A `DIR.partial/` left by
-    an interrupted run is an error unless `resume`, when it is reused.
-
-    Args:
-        path: str. The final directory `DIR`.
-        overwrite: bool. Replace an existing `DIR` when committing.
-        resume: bool. Continue in an existing `DIR.partial/`.
-        protect: list of str. Input paths that `DIR` must neither be nor
-            contain (an `overwrite` would delete them).
-        resumable: bool. Whether the command can resume (only changes the
-            message about an existing `DIR.partial/`).
-    """
-
-    PARTIAL_SUFFIX = ".partial"
-
-    def __init__(self, path, overwrite=False, resume=False, protect=(), resumable=True):
-        self.path = os.path.abspath(os.fspath(path))
-        self.partial = self.path + self.PARTIAL_SUFFIX
-        self.overwrite = overwrite
-        self.resume = resume
-        self.protect = [os.fspath(p) for p in protect]
-        self.resumable = resumable
-        self.resuming = False
-
-    def check(self):
-        """Raises `InputError` if the output cannot be written; writes nothing.
-
-        Sets `resuming` when an interrupted run will be continued.
-        """
-        if os.path.lexists(self.path):
-            if not os.path.isdir(self.path) or os.path.islink(self.path):
-                raise InputError(f"{self.path}: exists and is not a directory")
-            if not self.overwrite and os.listdir(self.path):
-                raise InputError(
-                    f"{self.path}: already exists; pass --overwrite to replace it (the old "
-                    "result is removed only once the new one is complete)"
-                )
-        for protected in self.protect:
-            inside = os.path.realpath(protected)
-            for out in (os.path.realpath(self.path), os.path.realpath(self.partial)):
-                if inside == out or inside.startswith(out + os.sep):
-                    raise InputError(f"{self.path}: refusing to write over the input "
-                                     f"{protected}")
-        if os.path.lexists(self.partial):
-            if not os.path.isdir(self.partial) or os.path.islink(self.partial):
-                raise InputError(f"{self.partial}: exists and is not a directory; remove it")
-            if not self.resumable:
-                raise InputError(
-                    f"{self.partial}: an unfinished run is there (running, or killed); "
-                    "remove it"
-                )
-            if not self.resume:
-                raise InputError(
-                    f"{self.partial}: an unfinished run is there; pass --resume to "
-                    "continue it, or remove it"
-                )
-            self.resuming = True
-        parent = os.path.dirname(self.path)
-        existing = parent
-        while not os.path.isdir(existing):
-            if os.path.lexists(existing):
-                raise InputError(f"{existing}: exists and is not a directory")
-            existing = os.path.dirname(existing)
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"{existing}: cannot write there (permission denied)")
-        return self
-
-    def begin(self):
-        """Creates `DIR.partial/` (and missing parents) unless resuming it."""
-        if not self.resuming:
-            os.makedirs(os.path.dirname(self.partial), exist_ok=True)
-            try:
-                os.mkdir(self.partial)
-            except FileExistsError:
-                raise InputError(
-                    f"{self.partial}: created meanwhile by another run; remove it or pass "
-                    "--resume"
-                ) from None
-        return self.partial
-
-    def file(self, name):
-        """The path of `name` inside the partial directory."""
-        return os.path.join(self.partial, name)
-
-    def commit(self, drop=()):
-        """Deletes the scratch entries `drop`, then renames `DIR.partial` to `DIR`."""
-        for name in drop:
-            entry = self.file(name)
-            if os.path.isdir(entry) and not os.path.islink(entry):
-                shutil.rmtree(entry)
-            else:
-                _unlink_quietly(entry)
-        if not os.path.lexists(self.path):
-            os.rename(self.partial, self.path)
-            return self.path
-        if not self.overwrite and os.listdir(self.path):  # filled while we worked
-            raise InputError(f"{self.path}: appeared during the run; the result is kept in "
-                             f"{self.partial}")
-        old = os.path.join(os.path.dirname(self.path),
-                           f".{os.path.basename(self.path)}.old-{secrets.token_hex(4)}")
-        os.rename(self.path, old)
-        try:
-            os.rename(self.partial, self.path)
-        except BaseException:
-            os.rename(old, self.path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return self.path
-
-    def discard(self):
-        """Deletes `DIR.partial/` (a failed run that cannot be resumed)."""
-        shutil.rmtree(self.partial, ignore_errors=True)

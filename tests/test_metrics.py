@@ -1,0 +1,51 @@
+"""Tests of keras_congeal.metrics against values computed by hand."""
+
+import numpy as np
+import pytest
+
+from keras_congeal.metrics import ImageStats, apsnr, content_scale, ink_kept
+
+
+def test_apsnr_two_pixels_by_hand():
+    # Eq. (9): mean image 127.5; MSE = mean of (0 - 127.5)^2 and (255 - 127.5)^2
+    # = 127.5^2; APSNR = 10 log10(255^2 / 127.5^2) = 10 log10(4) = 6.0206 dB.
+    images = np.array([[[0]], [[255]]], np.uint8)
+    assert apsnr(images) == pytest.approx(10 * np.log10(4.0), abs=1e-12)
+    assert apsnr(images / 255.0) == pytest.approx(6.020599913279624, abs=1e-12)
+
+
+def test_apsnr_small_set_by_hand():
+    # Three 1x2 images; per pixel: (10, 40, 70) mean 40, squared deviations
+    # 900 + 0 + 900; (0, 0, 90) mean 30, 900 + 900 + 3600.
+    # MSE = (1800 + 5400) / (3 images * 2 pixels) = 1200.
+    images = np.array([[[10, 0]], [[40, 0]], [[70, 90]]], np.uint8)
+    expected = 10 * np.log10(255.0**2 / 1200.0)
+    assert apsnr(images) == pytest.approx(expected, abs=1e-12)
+    # Batch by batch (Chan's merge) gives the same as all at once.
+    stats = ImageStats(255.0).update(images[:1]).update(images[1:])
+    assert stats.mse() == pytest.approx(1200.0, abs=1e-9)
+    np.testing.assert_allclose(stats.mean[0], [40.0, 30.0])
+    np.testing.assert_allclose(stats.variance[0], [600.0, 1800.0])
+
+
+def test_apsnr_of_identical_images_is_infinite():
+    assert apsnr(np.full((4, 3, 3), 7, np.uint8)) == float("inf")
+
+
+def test_image_stats_errors():
+    with pytest.raises(ValueError, match="data_range > 0"):
+        ImageStats(0)
+    with pytest.raises(ValueError, match="No images were added"):
+        ImageStats().mse()
+    with pytest.raises(ValueError, match="differs from earlier images"):
+        ImageStats().update(np.zeros((1, 2, 2))).update(np.zeros((1, 3, 3)))
+
+
+def test_content_scale_and_ink_by_hand():
+    # src_from_dst scaling by 2 about the origin: the aligned content is the
+    # input shrunk by 2 (each output pixel reads twice as far).
+    zoom_out = np.diag([2.0, 2.0, 1.0])[None]
+    np.testing.assert_allclose(content_scale(zoom_out, (9, 9)), [0.5])
+    np.testing.assert_allclose(content_scale(np.eye(3)[None], (9, 9)), [1.0])
+    assert ink_kept(np.ones((2, 3, 3)), np.full((2, 3, 3), 0.25)) == pytest.approx(0.25)
+    assert np.isnan(ink_kept(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))))
