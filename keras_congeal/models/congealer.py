@@ -7,6 +7,7 @@ from keras_congeal.constants import (
     DISTORTION_FEATURES,
     DISTORTION_TARGETS,
     OBJECTIVES,
+    PRECISIONS,
 )
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
 from keras_congeal.ops import filters, geometry
@@ -151,21 +152,29 @@ class Congealer(keras.Model):
         code_size=None,
         gamma=1.0,
         k=1,
+        precision="float32",
         **kwargs,
     ):
         """Builds the Table-1 architecture `preset` ("mnist" or "lfw").
 
-        `reference` sets the image shape. Other keyword arguments go to the
-        constructor (`objective`, `lam`, `ink_weight`).
+        `reference` sets the image shape. `precision`: `"float32"` or
+        `"mixed_bfloat16"` (the aligner's convolutions and dense layers and
+        the auto-encoder compute in bfloat16 with float32 variables; the
+        sampling geometry, the parameter updates and every loss stay in
+        float32). Other keyword arguments go to the constructor
+        (`objective`, `lam`, `ink_weight`).
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision={precision!r}. Expected one of {PRECISIONS}.")
         config = get_preset(preset)
-        aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner",
+        aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner", dtype=precision,
                           **config["aligner"])
         ae_config = config["autoencoder"]
         if code_size is not None:
             ae_config["code_size"] = code_size
-        autoencoder = PenalisedAutoencoder(gamma=gamma, k=k, name="autoencoder", **ae_config)
-        return cls(aligner, autoencoder, reference, **kwargs)
+        autoencoder = PenalisedAutoencoder(gamma=gamma, k=k, name="autoencoder",
+                                           dtype=precision, **ae_config)
+        return cls(aligner, autoencoder, reference, dtype="float32", **kwargs)
 
     def build(self, input_shape):
         self._check_images_shape(input_shape)
