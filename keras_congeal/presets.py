@@ -22,6 +22,7 @@ PRESETS = {
             "encoder_convs": [[3, 100], [3, 100], [3, 100]],
             "dense_units": [1024, 1024],
             "bottleneck_channels": 1,
+            "upsampling": "transpose",
         },
         # The CongealSettings defaults (tuned on the MNIST protocols).
         "settings": {},
