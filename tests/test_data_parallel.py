@@ -83,7 +83,7 @@ def test_device_batches_equal_host_batches():
     images = (rng.random((23, 5, 5)) * 255).astype("uint8")
     host = ImageBatches(images, batch_size=4, seed=3)
     device = DeviceImageBatches(images, batch_size=4, seed=3)
-    for epoch in range(2):
+    for _epoch in range(2):
         assert len(host) == len(device) == 6
         for i in range(len(host)):
             np.testing.assert_allclose(np.asarray(device[i][0]), host[i], rtol=1e-6)
