@@ -7,8 +7,8 @@
 #      the lfw model's FLOPs per image;
 #   2. benchmarks.million --n 1000000 --epochs 1 --batch-size 1024 (generation on every
 #      core, training through the device-resident path, alignment, peak host memory);
-#   3. the quick protocol (1000 threes, perspective sigma 0.2, the congeal command's
-#      defaults) in float32 and in mixed_bfloat16: APSNR, ink kept, scale.
+#   3. the quick protocol (1000 threes, perspective sigma 0.2, the default settings,
+#      fit_congealer) in float32 and in mixed_bfloat16: APSNR, ink kept, scale.
 # Run from the repository root, with Keras importable and mnist.npz in $KERAS_CONGEAL_DATA
 # (default: ./.data, a git-ignored folder):
 #   bash benchmarks/gpu_issue10.sh
@@ -66,15 +66,27 @@ step million 170 "$PY" -m benchmarks.million --n "$N" --epochs 1 --batch-size "$
 # The quick protocol, float32 and mixed_bfloat16 side by side (accuracy, not speed).
 step quick_data 30 "$PY" -m keras_congeal.data mnist --digit 3 --n "$QUICK_N" --sigma 0.2 \
   --output "$work/quick.npy"
-quick() {
-  "$PY" -m keras_congeal congeal "$work/quick.npy" --output "$work/quick_$1" --precision "$1" \
-    --epochs "$QUICK_EPOCHS" --quiet > "$work/quick_$1.log" 2>&1
-}
-step quick 90 bash -c "$(declare -f quick); export PY=$PY work=$work QUICK_EPOCHS=$QUICK_EPOCHS;
-  quick float32 & quick mixed_bfloat16 & wait"
-for p in float32 mixed_bfloat16; do
-  [ -f "$work/quick_$p/report.json" ] && cp "$work/quick_$p/report.json" "$work/quick_$p.json"
-done
+# fit_congealer (the congeal command's training path) and AlignmentMeter, without the
+# command's figures (PIL may be missing on the GPU machine).
+cat > "$work/quick.py" <<'PYEOF'
+import json, sys, time
+import numpy as np
+from keras_congeal.datasets import as_float_images
+from keras_congeal.metrics import AlignmentMeter
+from keras_congeal.training import CongealSettings, fit_congealer
+images, precision, epochs = np.load(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+model, _ = fit_congealer(images, CongealSettings(precision=precision, epochs=epochs), verbose=0)
+seconds = time.perf_counter() - start
+x = as_float_images(images, 255.0)
+result = model.align(x, batch_size=1024)
+meter = AlignmentMeter(data_range=1.0)
+meter.update(x, result["aligned"], result["transforms"])
+print(json.dumps({"precision": precision, "train_seconds": seconds, **meter.summary()}))
+PYEOF
+step quick 90 bash -c "'$PY' '$work/quick.py' '$work/quick.npy' float32 $QUICK_EPOCHS \
+  > '$work/quick_float32.json' & '$PY' '$work/quick.py' '$work/quick.npy' mixed_bfloat16 \
+  $QUICK_EPOCHS > '$work/quick_mixed_bfloat16.json' & wait"
 
 bench bench_d_fp32 50 D float32 on-batch
 bench bench_d_bf16 50 D mixed_bfloat16 on-batch
@@ -107,9 +119,11 @@ if (work / "million.json").exists():
           f"{m['memory']['peak_bytes'] / 2**30:.2f} GiB")
 for p in ("float32", "mixed_bfloat16"):
     path = work / f"quick_{p}.json"
-    if path.exists():
-        r = json.loads(path.read_text())
-        print(f"quick {p}: {json.dumps({k: v for k, v in r.items() if k in ('apsnr_before', 'apsnr_after', 'ink_kept', 'content_scale_median', 'train_seconds', 'seconds')})}")
+    if path.exists() and path.stat().st_size:
+        r = json.loads(path.read_text().strip().splitlines()[-1])
+        print(f"quick {p}: APSNR {r['apsnr_before']:.2f} -> {r['apsnr_after']:.3f} dB, ink "
+              f"{r['ink_kept']:.3f}, scale {r['content_scale_median']:.3f}, train "
+              f"{r['train_seconds']:.1f} s")
 PYEOF
 echo "total $(( $(date +%s) - t0 )) s" >> "$summary"
 cp "$summary" "$OUT/summary.txt"
