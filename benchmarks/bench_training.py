@@ -19,6 +19,16 @@ step does not depend on the pixel values), the package's model
   fit over `warmup` batches, so that fit's fixed per-call cost (iterator and
   callbacks set-up, ~0.1-1 s) does not count.
 
+* `device`: `model.fit` on `keras_congeal.datasets.DeviceImageBatches` (JAX
+  only): the set is put on the device once and every batch is sliced there,
+  the input path `fit_congealer` takes for sets that fit in device memory.
+  Timed like `fit`.
+
+With `--flops` (JAX), the FLOPs of one training step (forward and backward,
+XLA's cost analysis of the compiled gradient, optimizer excluded) per image,
+and the rate of a large matrix product on the device in the same precision
+(`--precision`): each result then gives the fraction of that rate reached.
+
 Warm-up steps (tracing, compilation, first allocation) are excluded: `--warmup`
 steps run first, for each batch size and loop. Reported: seconds per step and
 images per second, with the backend, its devices and the versions.
@@ -40,7 +50,7 @@ from benchmarks import common
 
 SCHEMA = "keras_congeal.bench_training/1"
 SIZES = {"mnist": (28, 28, 1), "lfw": (64, 64, 3)}
-LOOPS = ("on-batch", "fit")
+LOOPS = ("on-batch", "fit", "device")
 
 
 def bench_on_batch(model, batch, steps, warmup):
@@ -74,6 +84,61 @@ def bench_fit(model, images, batch_size, steps, warmup):
     return long - short, {k: float(v[-1]) for k, v in history.history.items()}
 
 
+def bench_device(model, images, batch_size, steps, warmup):
+    """`bench_fit` through `DeviceImageBatches`: the batches sliced on the
+    device from a copy of the images held there."""
+    from keras_congeal.datasets import DeviceImageBatches
+
+    stack = (images * 255).astype(np.uint8)  # stored as uint8, as a real set
+
+    def fit(count):
+        batches = DeviceImageBatches(stack[: count * batch_size], batch_size, shuffle=True)
+        start = time.perf_counter()
+        history = model.fit(batches, epochs=1, verbose=0)
+        return time.perf_counter() - start, history
+
+    fit(warmup)
+    short, _ = fit(warmup)
+    long, history = fit(warmup + steps)
+    return long - short, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def step_flops(model, batch):
+    """FLOPs of one training step's forward and backward pass on `batch`
+    (JAX: XLA's cost analysis of the compiled gradient of the summed losses;
+    a multiply-add counts 2)."""
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable, non_trainable, x):
+        _, _, losses = model.stateless_call(trainable, non_trainable, x, return_losses=True)
+        return sum(losses)
+
+    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def matmul_rate(precision, size=8192, repeats=20):
+    """Measured FLOP/s of a (size x size) matrix product on the default
+    device, in bfloat16 for a mixed precision, else float32 (JAX)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.bfloat16 if "bfloat16" in precision else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    product = jax.jit(lambda a: a @ a)
+    product(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = product(a)
+    out.block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
 def run(args, log=print):
     import keras
 
@@ -81,13 +146,25 @@ def run(args, log=print):
 
     shape = (args.image_size, args.image_size, SIZES[args.preset][2]) if args.image_size \
         else SIZES[args.preset]
-    settings = CongealSettings(preset=args.preset, objective=args.objective)
+    settings = CongealSettings(preset=args.preset, objective=args.objective,
+                               precision=args.precision)
     if args.transform:
         settings = settings.replace(transform=args.transform)
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
     reference = rng.random(shape, dtype=np.float32)
     results = []
+    device = {}
+    if args.flops:
+        model = build_congealer(settings, reference)
+        flops = step_flops(model, rng.random((8, *shape), dtype=np.float32)) / 8
+        del model
+        keras.backend.clear_session()
+        device = {"flops_per_image": flops,
+                  "matmul_flops_per_second": matmul_rate(args.precision,
+                                                         args.matmul_size)}
+        log(f"{flops / 1e6:.1f} MFLOP per image per step; matrix product "
+            f"{device['matmul_flops_per_second'] / 1e12:.1f} TFLOP/s")
     for batch_size in args.batch_sizes:
         count = (args.steps + args.warmup) * batch_size
         images = rng.random((count, *shape), dtype=np.float32)
@@ -99,6 +176,9 @@ def run(args, log=print):
                 if loop == "on-batch":
                     seconds, logs = bench_on_batch(model, images[:batch_size], args.steps,
                                                    args.warmup)
+                elif loop == "device":
+                    seconds, logs = bench_device(model, images, batch_size, args.steps,
+                                                 args.warmup)
                 else:
                     seconds, logs = bench_fit(model, images, batch_size, args.steps,
                                               args.warmup)
@@ -115,18 +195,24 @@ def run(args, log=print):
                 images_per_second=args.steps * batch_size / seconds,
                 final_logs=logs,
             )
+            if device:
+                entry["fraction_of_matmul_rate"] = (entry["images_per_second"]
+                                                    * device["flops_per_image"]
+                                                    / device["matmul_flops_per_second"])
             results.append(entry)
             log(f"batch {batch_size:5d} {loop:8s} {entry['images_per_second']:10.1f} img/s "
                 f"({1000 * entry['seconds_per_step']:.1f} ms/step)")
-    return settings, shape, results
+    return settings, shape, results, device
 
 
 def table(results):
     rows = [[r["batch_size"], r["loop"],
              common.fmt(r.get("images_per_second"), 1) if r["status"] == "ok" else r["status"],
-             common.fmt(1000 * r["seconds_per_step"], 1) if r["status"] == "ok" else "-"]
+             common.fmt(1000 * r["seconds_per_step"], 1) if r["status"] == "ok" else "-",
+             common.fmt(r.get("fraction_of_matmul_rate"), 3)]
             for r in results]
-    return common.markdown_table(["batch", "loop", "images/s", "ms/step"], rows)
+    return common.markdown_table(["batch", "loop", "images/s", "ms/step", "of matmul rate"],
+                                 rows)
 
 
 def _parser():
@@ -144,7 +230,14 @@ def _parser():
     parser.add_argument("--objective", choices=("D+C", "D", "C"), default="D+C")
     parser.add_argument("--transform", default=None,
                         help="transform family (default: CongealSettings')")
-    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=list(LOOPS))
+    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=["on-batch", "fit"])
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
+                        default="float32")
+    parser.add_argument("--flops", action="store_true",
+                        help="count the FLOPs per image and measure the matrix product rate "
+                             "(JAX)")
+    parser.add_argument("--matmul-size", type=int, default=8192,
+                        help="side of the matrices of --flops' rate (default 8192)")
     parser.add_argument("--output", default=None, help="JSON file to write")
     parser.add_argument("--backend-note", default=None)
     return parser
@@ -163,7 +256,9 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:], module="benchmarks.bench_training",
         note=args.backend_note)
     log(f"backend {record['keras']['backend']} on {record['keras']['devices']}")
-    settings, shape, results = run(args, log)
+    if (args.flops or "device" in args.loops) and record["keras"]["backend"] != "jax":
+        parser.error("--flops and --loops device need the jax backend")
+    settings, shape, results, device = run(args, log)
     data = {
         "schema": SCHEMA, "run": record, "settings": settings.to_dict(),
         "image_shape": list(shape),
@@ -176,6 +271,7 @@ def main(argv=None) -> int:
             "excluded": "warm-up steps (tracing/compilation)",
         },
         "results": results,
+        **device,
     }
     text = table(results)
     print(f"backend {record['keras']['backend']}, devices {record['keras']['devices']}, "

@@ -23,6 +23,7 @@ Usage:
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -53,6 +54,12 @@ def _parser():
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="default: CongealSettings' (1e-3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes generating the set (default: the machine's cores)")
+    parser.add_argument("--align-batch-size", type=int, default=8192,
+                        help="images per forward pass when aligning (default 8192)")
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
+                        default="float32")
     parser.add_argument("--mnist", default=None,
                         help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, "
                              "../shared/data)")
@@ -72,13 +79,38 @@ def _block_seed(seed, index):
     return seed * 1_000_003 + index
 
 
-def generate(sources, args, work_dir, log):
-    """Writes N perturbed images into `work_dir/images.npy` (a memory map),
-    BLOCK by BLOCK, resuming after the last finished block. Returns the
-    read-only memory map and the seconds spent."""
+def _make_block(path, sources, picks, protocol, sigma, seed, first):
+    """Perturbs `sources[picks]` into `path[first:first + len(picks)]` (a
+    worker process: opens the memory map itself). Returns seconds spent."""
     import numpy as np
 
     from keras_congeal.data import affnist_like, infimnist_like, perspective_perturbation
+
+    start = time.perf_counter()
+    chunk = sources[picks]
+    if protocol == "infimnist":
+        out, _ = infimnist_like(chunk, seed=seed)
+    elif protocol == "affnist":
+        out, _ = affnist_like(chunk, seed=seed)
+    else:
+        out, _ = perspective_perturbation(chunk, sigma, seed=seed)
+    images = np.load(path, mmap_mode="r+")
+    images[first:first + len(out)] = out
+    images.flush()
+    del images
+    return time.perf_counter() - start
+
+
+def generate(sources, args, work_dir, log):
+    """Writes N perturbed images into `work_dir/images.npy` (a memory map),
+    BLOCK by BLOCK on `args.workers` processes, resuming after the last
+    finished block (blocks finish in order; each has its own seed, so the
+    images do not depend on the number of workers). Returns the read-only
+    memory map and the wall seconds spent."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
 
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(sources), size=args.n, replace=args.n > len(sources))
@@ -90,36 +122,33 @@ def generate(sources, args, work_dir, log):
     if progress is None or progress.get("identity") != identity or not path.exists():
         images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                            shape=(args.n, size, size))
+        del images
         progress = {"identity": identity, "blocks_done": 0, "seconds": 0.0}
     else:
-        images = np.lib.format.open_memmap(path, mode="r+")
         log(f"resuming generation after block {progress['blocks_done']}")
-    blocks = -(-args.n // BLOCK)
-    for index in range(progress["blocks_done"], blocks):
-        start = time.perf_counter()
-        chunk = sources[picks[index * BLOCK:(index + 1) * BLOCK]]
-        seed = _block_seed(args.seed, index)
-        if args.protocol == "infimnist":
-            out, _ = infimnist_like(chunk, seed=seed)
-        elif args.protocol == "affnist":
-            out, _ = affnist_like(chunk, seed=seed)
-        else:
-            out, _ = perspective_perturbation(chunk, args.sigma, seed=seed)
-        images[index * BLOCK:index * BLOCK + len(out)] = out
-        images.flush()
-        progress["blocks_done"] = index + 1
-        progress["seconds"] += time.perf_counter() - start
-        common.write_json_atomic(progress_path, progress)
-        log(f"generated {min((index + 1) * BLOCK, args.n)}/{args.n} images")
-    del images
+    blocks = range(progress["blocks_done"], -(-args.n // BLOCK))
+    tasks = [(str(path), sources, picks[i * BLOCK:(i + 1) * BLOCK], args.protocol, args.sigma,
+              _block_seed(args.seed, i), i * BLOCK) for i in blocks]
+    start = time.perf_counter()
+    # "spawn": the parent has loaded the backend, which must not be forked.
+    with ProcessPoolExecutor(max_workers=max(1, min(args.workers, len(tasks) or 1)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        for index, _ in zip(blocks, pool.map(_make_block, *zip(*tasks, strict=True)),
+                            strict=True) if tasks else ():
+            progress["blocks_done"] = index + 1
+            progress["seconds"] += time.perf_counter() - start
+            start = time.perf_counter()
+            common.write_json_atomic(progress_path, progress)
+            log(f"generated {min((index + 1) * BLOCK, args.n)}/{args.n} images")
     return np.load(path, mmap_mode="r"), progress["seconds"]
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.n < 1 or args.epochs < 1 or args.batch_size < 1:
-        parser.error("--n, --epochs and --batch-size must be >= 1")
+    if min(args.n, args.epochs, args.batch_size, args.workers, args.align_batch_size) < 1:
+        parser.error("--n, --epochs, --batch-size, --workers and --align-batch-size must "
+                     "be >= 1")
     if not 0 <= args.digit <= 9:
         parser.error(f"--digit must be 0..9, got {args.digit}")
     output = Path(args.output or common.RESULTS_DIR / f"million_{args.protocol}_n{args.n}.json")
@@ -150,7 +179,7 @@ def main(argv=None) -> int:
         memory["after_generation_peak_bytes"] = common.rss_bytes()
 
         settings = CongealSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                   seed=args.seed)
+                                   seed=args.seed, precision=args.precision)
         if args.learning_rate:
             settings = settings.replace(learning_rate=args.learning_rate)
         backup = keras.callbacks.BackupAndRestore(str(work_dir / "backup"),
@@ -163,11 +192,15 @@ def main(argv=None) -> int:
 
         start = time.perf_counter()
         meter = AlignmentMeter(data_range=1.0)
+        meter_seconds = 0.0
         for first in range(0, len(images), BLOCK):
             batch = as_float_images(images[first:first + BLOCK], 255.0)
-            result = model.align(batch, batch_size=args.batch_size)
+            result = model.align(batch, batch_size=args.align_batch_size)
+            measured = time.perf_counter()
             meter.update(batch, result["aligned"], result["transforms"])
-            log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
+            meter_seconds += time.perf_counter() - measured
+            if first // BLOCK % 10 == 0:
+                log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
         align_seconds = time.perf_counter() - start
         memory["peak_bytes"] = common.rss_bytes()
         memory["image_stack_bytes"] = int(images.nbytes)
@@ -186,6 +219,9 @@ def main(argv=None) -> int:
         "train_images_per_second": epochs_run * args.n / train_seconds if epochs_run else None,
         "align_seconds": align_seconds,
         "align_images_per_second": args.n / align_seconds,
+        "align_metrics_seconds": meter_seconds,
+        "train_plus_align_seconds": train_seconds + align_seconds,
+        "workers": args.workers,
         "memory": memory,
         "summary": summary,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},

@@ -12,3 +12,6 @@ ALIGN_BATCH_SIZE = 256
 # What the distortion D compares, and to what.
 DISTORTION_FEATURES = ("pixels", "local-contrast")
 DISTORTION_TARGETS = ("reference", "batch-mean")
+# Numeric precision of training: float32, or bfloat16 compute with float32
+# variables, geometry and losses (`keras.mixed_precision`).
+PRECISIONS = ("float32", "mixed_bfloat16")

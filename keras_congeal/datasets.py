@@ -6,6 +6,13 @@ dataset): it reads one batch at a time, converts it to float32 in [0, 1] and
 adds the channel axis of grey images, so the whole set never needs to be in
 memory. It works on every Keras backend; on TensorFlow, Keras turns it into a
 `tf.data` pipeline itself (also under `MirroredStrategy`).
+
+`DeviceImageBatches` (JAX backend) gives the same batches in the same order
+from a copy of the whole set held on the device: uploaded once, block by
+block, in its own dtype (uint8 stays uint8), then each batch is sliced and
+scaled on the device, with no host-to-device copy per step. This is the input
+path of sets that fit in the device's memory: on a GPU, host-fed batches
+cap training at a fraction of the step's speed.
 """
 
 import math
@@ -15,7 +22,7 @@ import numpy as np
 
 from keras_congeal.io import value_range_of
 
-__all__ = ["ImageBatches", "as_float_images", "value_range_of"]
+__all__ = ["DeviceImageBatches", "ImageBatches", "as_float_images", "value_range_of"]
 
 
 def as_float_images(batch, data_range=None):
@@ -39,12 +46,15 @@ class ImageBatches(keras.utils.PyDataset):
             beforehand for fully random batches. Defaults to `True`.
         seed: int. Seed of the batch order.
         drop_remainder: bool. Skip a last, smaller batch. Defaults to `False`.
+        multiple_of: int. Cut a last, smaller batch to a multiple of this
+            (data parallel training on JAX needs a batch that divides among
+            the devices); a batch of fewer images is skipped. Defaults to 1.
         **kwargs: passed to `PyDataset` (`workers`, `use_multiprocessing`,
             `max_queue_size`).
     """
 
     def __init__(self, images, batch_size=64, shuffle=True, seed=0, drop_remainder=False,
-                 **kwargs):
+                 multiple_of=1, **kwargs):
         super().__init__(**kwargs)
         if len(images) == 0:
             raise ValueError("`images` is empty: expected at least one image.")
@@ -53,7 +63,13 @@ class ImageBatches(keras.utils.PyDataset):
         self.images = images
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
-        self.drop_remainder = drop_remainder
+        if multiple_of < 1 or self.batch_size % multiple_of:
+            raise ValueError(f"Expected batch_size ({batch_size}) to be a multiple of "
+                             f"multiple_of ({multiple_of}).")
+        last = len(images) % self.batch_size
+        # A last batch smaller than `multiple_of` is dropped.
+        self.drop_remainder = drop_remainder or (0 < last < multiple_of)
+        self._last_size = last - last % multiple_of if last else self.batch_size
         self.data_range = value_range_of(images.dtype)
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(self))
@@ -63,9 +79,16 @@ class ImageBatches(keras.utils.PyDataset):
         n = len(self.images) / self.batch_size
         return max(1, math.floor(n)) if self.drop_remainder else math.ceil(n)
 
+    def _bounds(self, index):
+        """First image and size of batch `index` (in this epoch's order)."""
+        block = int(self._order[index])
+        size = self._last_size if block == math.ceil(len(self.images) / self.batch_size) - 1 \
+            else self.batch_size
+        return block * self.batch_size, size
+
     def __getitem__(self, index):
-        start = int(self._order[index]) * self.batch_size
-        batch = as_float_images(self.images[start:start + self.batch_size], self.data_range)
+        start, size = self._bounds(index)
+        batch = as_float_images(self.images[start:start + size], self.data_range)
         if not np.all(np.isfinite(batch)):
             raise ValueError(
                 f"Images {start}..{start + len(batch) - 1} contain NaN or infinite values."
@@ -75,3 +98,52 @@ class ImageBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         if self.shuffle:
             self._rng.shuffle(self._order)
+
+
+class DeviceImageBatches(ImageBatches):
+    """`ImageBatches` sliced from a copy of the set on the device (JAX).
+
+    Same arguments and the same batches, in the same order, as
+    `ImageBatches`; the set is uploaded once (`UPLOAD_BLOCK` images at a
+    time, so the host never holds more than one block beside the source) in
+    its own dtype, checked for NaN, and every batch is a jitted slice and
+    scale on the device. Under a `keras.distribution` the set is replicated
+    on its devices and each batch is laid out for it. Needs the JAX backend.
+    """
+
+    UPLOAD_BLOCK = 65536
+
+    def __init__(self, images, batch_size=64, shuffle=True, seed=0, drop_remainder=False,
+                 multiple_of=1, **kwargs):
+        import jax
+
+        super().__init__(images, batch_size, shuffle=shuffle, seed=seed,
+                         drop_remainder=drop_remainder, multiple_of=multiple_of, **kwargs)
+        distribution = keras.distribution.distribution()
+        sharding = None
+        if distribution is not None:  # the set replicated on every device
+            sharding = keras.distribution.TensorLayout(
+                [None] * 4, distribution.device_mesh).backend_layout
+        blocks = []
+        for start in range(0, len(images), self.UPLOAD_BLOCK):
+            block = np.asarray(images[start:start + self.UPLOAD_BLOCK])
+            if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+                raise ValueError(f"Images {start}..{start + len(block) - 1} contain NaN or "
+                                 "infinite values.")
+            if block.ndim == 3:
+                block = block[..., None]
+            blocks.append(jax.device_put(block, sharding))
+        self.device_images = blocks[0] if len(blocks) == 1 else jax.numpy.concatenate(blocks)
+        del blocks
+        data_range = np.float32(self.data_range)
+
+        def take(stack, start, size):
+            batch = jax.lax.dynamic_slice_in_dim(stack, start, size)
+            return batch.astype("float32") / data_range  # as `as_float_images`
+
+        self._take = jax.jit(take, static_argnums=2)
+
+    def __getitem__(self, index):
+        start, size = self._bounds(index)
+        # A tuple: Keras takes a bare array only from NumPy.
+        return (self._take(self.device_images, start, size),)

@@ -12,6 +12,7 @@ from keras_congeal.constants import (
     DISTORTION_TARGETS,
     FUSIONS,
     OBJECTIVES,
+    PRECISIONS,
     TRANSFORMS,
 )
 
@@ -54,6 +55,9 @@ class CongealSettings:
             mean of the warp parameters: joint alignment is defined up to one
             transform common to all images, and this pins it to the identity
             (0 = none).
+        precision: `"float32"`, or `"mixed_bfloat16"`: bfloat16 compute in
+            the aligner's and the auto-encoder's layers, float32 variables,
+            geometry and losses (for GPUs; slow on most CPUs).
         min_steps: at least this many training steps: on a small set the
             epochs are raised to cover them (`epochs_for`).
         seed: seeds Keras, NumPy and the reference sample.
@@ -82,6 +86,7 @@ class CongealSettings:
     distortion_window: float = 0.0
     centring_weight: float = 0.0
     min_steps: int = 0
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self):
@@ -100,7 +105,7 @@ class CongealSettings:
             (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
         ]
         for name, allowed in (("transform", tuple(TRANSFORMS)), ("fusion", FUSIONS),
-                              ("objective", OBJECTIVES),
+                              ("objective", OBJECTIVES), ("precision", PRECISIONS),
                               ("distortion_features", DISTORTION_FEATURES),
                               ("distortion_target", DISTORTION_TARGETS)):
             checks.append((getattr(self, name) in allowed, name, f"one of {list(allowed)}"))

@@ -3,42 +3,138 @@
 `build_congealer` turns `CongealSettings` (see `keras_congeal.settings`) into a
 compiled `Congealer`; `fit_congealer` trains one on an image set (in memory or
 on disk) and returns it.
+
+Data parallel training (`devices=`): `"all"` or a number of local devices
+(GPUs; CPU devices when there is no accelerator). On TensorFlow the model is
+built under a `tf.distribute.MirroredStrategy` over them; on JAX under a
+`keras.distribution.DataParallel` (set while building and while fitting). In
+both, `settings.batch_size` is the *global* batch, split evenly across the
+devices, and the learning rate is unchanged: one step on N devices is the
+step on one device with the same global batch (every loss is a per-image
+mean, so it reduces exactly). To use the devices' extra memory, raise the
+batch (and, if you wish, the learning rate with it, linearly).
 """
 
 import contextlib
+import math
 
 import keras
 import numpy as np
 
 from keras_congeal.callbacks import AlignmentMonitor
-from keras_congeal.datasets import ImageBatches, as_float_images, value_range_of
+from keras_congeal.datasets import (
+    DeviceImageBatches,
+    ImageBatches,
+    as_float_images,
+    value_range_of,
+)
 from keras_congeal.models import Congealer
 from keras_congeal.presets import preset_for_size
 from keras_congeal.reference import choose_reference
 from keras_congeal.settings import CongealSettings
 
-__all__ = ["CongealSettings", "build_congealer", "fit_congealer"]
+__all__ = ["CongealSettings", "build_congealer", "fit_congealer", "local_devices"]
 
 # Epochs measured by the `AlignmentMonitor` of `fit_congealer`, at most.
 MONITORED_EPOCHS = 30
+# On JAX, a set whose bytes fit in this fraction of the device's memory is
+# put on the device once and batches are sliced there (`DeviceImageBatches`);
+# without a known device memory (CPU), up to DEVICE_DATA_MAX_BYTES.
+DEVICE_DATA_FRACTION = 0.25
+DEVICE_DATA_MAX_BYTES = 512 * 2**20
 
 
-def build_congealer(settings, reference, strategy=None):
+def local_devices(devices):
+    """The local devices that `devices` names, or `None` for the default one.
+
+    Args:
+        devices: `None` or 1 (the backend's default device), `"all"` (every
+            local accelerator; the CPU devices when there is none) or an int
+            N >= 1 (the first N of them).
+
+    Returns:
+        `None` (one device), or a list of device names (TensorFlow) or JAX
+        devices, two or more.
+
+    Raises:
+        ValueError: N is not a positive integer, or more than there are.
+    """
+    if devices is None:
+        return None
+    if devices != "all" and (isinstance(devices, bool) or not isinstance(devices, int)
+                             or devices < 1):
+        raise ValueError(f"Invalid devices={devices!r}: expected 'all' or an integer >= 1.")
+    if devices == 1:
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = ([d.name for d in tf.config.list_logical_devices("GPU")]
+                 or [d.name for d in tf.config.list_logical_devices("CPU")])
+    elif backend == "jax":
+        import jax
+
+        found = jax.devices()
+    else:
+        raise ValueError(f"devices={devices!r}: data parallel training needs the tensorflow "
+                         f"or jax backend, not {backend}.")
+    if devices != "all" and devices > len(found):
+        raise ValueError(f"Invalid devices={devices}: only {len(found)} local device(s) "
+                         "found.")
+    found = list(found) if devices == "all" else list(found)[:devices]
+    return found if len(found) > 1 else None
+
+
+@contextlib.contextmanager
+def _distributed(devices):
+    """Where a model for `devices` (a `local_devices` list or `None`) is built
+    and trained: a `MirroredStrategy` scope on TensorFlow, a `DataParallel`
+    distribution on JAX (the previous one restored afterwards). Yields the
+    TensorFlow strategy, or `None`."""
+    if devices is None:
+        yield None
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy(devices)
+        with strategy.scope():
+            yield strategy
+    else:
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield None
+        finally:
+            keras.distribution.set_distribution(previous)
+
+
+def build_congealer(settings, reference, strategy=None, devices=None):
     """A built and compiled `Congealer` for `settings`, aligning to `reference`
     (H, W, C).
 
-    With a `tf.distribute` `strategy` (e.g. `MirroredStrategy` over the GPUs),
-    the model and its optimizer are created in its scope, and XLA compilation
-    is left off (XLA under `MirroredStrategy` fails on CPU devices).
+    With `devices` (see `local_devices`; `"all"` or N), the model is built for
+    data parallel training on them (train it with `fit_congealer(...,
+    devices=...)` and the same `devices`). With a `tf.distribute` `strategy`
+    instead (e.g. `MirroredStrategy` over the GPUs), the model and its
+    optimizer are created in its scope. XLA compilation is left off under a
+    TensorFlow strategy (XLA under `MirroredStrategy` fails on CPU devices).
     """
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        return _build(settings, np.asarray(reference, "float32"), strategy)
+    reference = np.asarray(reference, "float32")
+    if strategy is not None:
+        if devices is not None:
+            raise ValueError("Pass `strategy` or `devices`, not both.")
+        with strategy.scope():
+            return _build(settings, reference, strategy)
+    with _distributed(local_devices(devices)) as strategy:
+        return _build(settings, reference, strategy)
 
 
 def _build(settings, reference, strategy):
     preset = settings.preset or preset_for_size(*reference.shape)
     model = Congealer.from_preset(
         preset,
+        precision=settings.precision,
         reference=reference,
         transform=settings.transform,
         fusion=settings.fusion,
@@ -67,7 +163,8 @@ def _build(settings, reference, strategy):
 
 
 def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose="auto",
-                  model=None, initial_epoch=0, strategy=None):
+                  model=None, initial_epoch=0, strategy=None, devices=None,
+                  device_data="auto"):
     """Trains a `Congealer` on `images` with no labels.
 
     Args:
@@ -86,6 +183,15 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
             `tf.distribute.MirroredStrategy()` to train on all local GPUs;
             `settings.batch_size` is then the global batch, split across
             replicas. Every loss is a per-image mean, so it reduces exactly.
+        devices: `None`, `"all"` or N: data parallel training on the local
+            devices (see `local_devices` and the module's docstring), on both
+            backends. A `model` passed in must have been built by
+            `build_congealer` with the same `devices`.
+        device_data: `"auto"`, `True` or `False`. On JAX, put the whole set
+            on the device(s) once and slice the batches there
+            (`DeviceImageBatches`: no host-to-device copy per step, the same
+            batches in the same order). `"auto"`: when it fits a quarter of
+            the device memory (512 MiB without an accelerator).
 
     Returns:
         `(model, history)`: the trained `Congealer` and the `History`.
@@ -99,7 +205,7 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         reference_images = images if images.ndim == 4 else _LazyChannel(images)
         reference, _ = choose_reference(reference_images, settings.reference,
                                         data_range=data_range, seed=settings.seed)
-        model = build_congealer(settings, reference, strategy=strategy)
+        model = build_congealer(settings, reference, strategy=strategy, devices=devices)
     callbacks = list(callbacks)
     epochs = settings.epochs_for(len(images))
     if monitor_size:
@@ -109,11 +215,40 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         every = max(1, round(epochs / MONITORED_EPOCHS))
         callbacks.insert(0, AlignmentMonitor(as_float_images(images[picks], data_range),
                                              every=every))
-    batches = ImageBatches(images, settings.batch_size, shuffle=True, seed=settings.seed)
-    history = model.fit(batches, epochs=epochs,
-                        initial_epoch=initial_epoch,
-                        callbacks=callbacks, verbose=verbose)
+    resolved = local_devices(devices)
+    replicas = len(resolved) if resolved else 1
+    batches_class = (DeviceImageBatches if _use_device_data(images, device_data)
+                     else ImageBatches)
+    with _distributed(resolved if keras.backend.backend() == "jax" else None):
+        # On JAX a batch must divide among the devices: a last, smaller batch
+        # is cut to a multiple of their number (at most `replicas - 1` images
+        # skipped).
+        batches = batches_class(images, settings.batch_size, shuffle=True, seed=settings.seed,
+                                multiple_of=replicas if keras.backend.backend() == "jax" else 1)
+        history = model.fit(batches, epochs=epochs,
+                            initial_epoch=initial_epoch,
+                            callbacks=callbacks, verbose=verbose)
     return model, history
+
+
+def _use_device_data(images, device_data):
+    """Whether `fit_congealer` slices the batches on the device."""
+    if device_data not in ("auto", True, False):
+        raise ValueError(f"Invalid device_data={device_data!r}: expected 'auto', True or "
+                         "False.")
+    if keras.backend.backend() != "jax":
+        if device_data is True:
+            raise ValueError("device_data=True needs the jax backend.")
+        return False
+    if device_data != "auto":
+        return device_data
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    budget = DEVICE_DATA_FRACTION * limit if limit else DEVICE_DATA_MAX_BYTES
+    nbytes = math.prod(images.shape) * np.dtype(images.dtype).itemsize
+    return nbytes <= budget
 
 
 class _LazyChannel:

@@ -264,3 +264,13 @@ def test_preset_lfw_uses_the_face_settings(tmp_path):
     assert "local-contrast vs batch-mean" in done.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["epochs"] == 2  # 12 images in batches of 8: 2 steps an epoch, 4 steps
+
+
+def test_devices_flag_errors_are_one_line(tmp_path):
+    bad = congeal(["--output", tmp_path / "out", "--devices", "two"], tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "--devices" in bad.stderr and "'all' or an integer >= 1" in bad.stderr
+    # More devices than the machine has (the tests run with one CPU device).
+    many = congeal(["--output", tmp_path / "out", "--devices", "64"], tmp_path)
+    _one_line(many, "--devices 64: only 1 local device(s) found")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -67,3 +67,19 @@ def test_run_record_carries_no_absolute_paths(tmp_path, monkeypatch):
     assert record["command"] == (
         "python -m benchmarks.mnist_protocols --output-dir out --mnist .../data/mnist.npz --n 5")
     assert str(tmp_path) not in json.dumps(record)
+
+
+def test_bench_training_device_loop_and_flops(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the device loop and the FLOP count are JAX's")
+    path = tmp_path / "training.json"
+    assert bench_training.main(["--batch-sizes", "4", "--steps", "1", "--warmup", "1",
+                                "--objective", "D", "--loops", "device", "--flops",
+                                "--matmul-size", "64", "--output", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["flops_per_image"] > 1e5 and data["matmul_flops_per_second"] > 0
+    (entry,) = data["results"]
+    assert entry["loop"] == "device" and entry["status"] == "ok"
+    assert 0 < entry["fraction_of_matmul_rate"]

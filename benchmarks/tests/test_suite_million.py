@@ -46,7 +46,7 @@ def test_million_blocks_are_reproducible(tmp_path, monkeypatch):
     monkeypatch.setattr(million, "BLOCK", 50)
     (x, y), _ = load_mnist(MNIST)
     sources = x[y == 3]
-    args = million._parser().parse_args(["--n", "100"])
+    args = million._parser().parse_args(["--n", "100", "--workers", "2"])
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     whole.mkdir()
     resumed.mkdir()
@@ -63,6 +63,13 @@ def test_million_blocks_are_reproducible(tmp_path, monkeypatch):
     assert messages[0] == "resuming generation after block 1"
     np.testing.assert_array_equal(first, second)
 
+    # One worker makes the same images as several.
+    single = tmp_path / "single"
+    single.mkdir()
+    one_worker = million._parser().parse_args(["--n", "100", "--workers", "1"])
+    alone, _ = million.generate(sources, one_worker, single, messages.append)
+    np.testing.assert_array_equal(first, alone)
+
     # Another configuration in the same directory starts over.
     other = million._parser().parse_args(["--n", "100", "--seed", "1"])
     third, _ = million.generate(sources, other, resumed, messages.append)
@@ -70,6 +77,7 @@ def test_million_blocks_are_reproducible(tmp_path, monkeypatch):
 
 
 def test_million_bad_arguments():
-    for bad in (["--n", "0"], ["--epochs", "0"], ["--digit", "12"], ["--protocol", "emnist"]):
+    for bad in (["--n", "0"], ["--epochs", "0"], ["--digit", "12"], ["--protocol", "emnist"],
+                ["--workers", "0"]):
         with pytest.raises(SystemExit):
             million.main(bad)

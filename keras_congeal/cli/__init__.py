@@ -79,6 +79,7 @@ SETTING_FLAGS = {
     "distortion_window": "--distortion-window",
     "centring_weight": "--centring-weight",
     "min_steps": "--min-steps",
+    "precision": "--precision",
     "seed": "--seed",
 }
 
@@ -101,6 +102,20 @@ def _align_batch_size():
     return ALIGN_BATCH_SIZE
 
 
+def _devices(value):
+    """`--devices`: `all` or a positive integer."""
+    if value == "all":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 1, received "
+                                         f"{value!r}")
+    return count
+
+
 def _add_settings(parser):
     """One flag per `CongealSettings` field; their defaults are the dataclass's."""
     from keras_congeal.constants import (
@@ -108,6 +123,7 @@ def _add_settings(parser):
         DISTORTION_TARGETS,
         FUSIONS,
         OBJECTIVES,
+        PRECISIONS,
         TRANSFORMS,
     )
     from keras_congeal.presets import PRESETS, preset_settings
@@ -165,6 +181,9 @@ def _add_settings(parser):
                             "the identity (0: none)", None),
         "min_steps": ({"type": int, "metavar": "N"},
                       "train at least N steps (more epochs on small sets)", None),
+        "precision": ({"choices": list(PRECISIONS)},
+                      "float32, or bfloat16 compute with float32 geometry and losses "
+                      "(GPUs)", None),
         "seed": ({"type": int}, "seeds Keras, NumPy and the reference sample", None),
     }
     missing = set(SETTING_FLAGS) ^ {f.name for f in dataclasses.fields(CongealSettings)}
@@ -229,6 +248,10 @@ def build_parser():
     congeal.add_argument("--align-batch-size", type=int, default=align_default, metavar="N",
                          help=f"images per forward pass when aligning (default: "
                          f"{align_default})")
+    congeal.add_argument("--devices", type=_devices, default=None, metavar="all|N",
+                         help="train data parallel on all local GPUs or the first N "
+                         "(--batch-size is the global batch, split across them; default: "
+                         "one device)")
     _add_settings(congeal)
 
     align = commands.add_parser(

@@ -41,7 +41,12 @@ from keras_congeal.io import InputError, atomic_file
 from keras_congeal.models.saving import save_without_optimizer
 from keras_congeal.presets import get_preset, preset_for_size
 from keras_congeal.reference import STRATEGIES, ReferenceWarning, choose_reference
-from keras_congeal.training import CongealSettings, build_congealer, fit_congealer
+from keras_congeal.training import (
+    CongealSettings,
+    build_congealer,
+    fit_congealer,
+    local_devices,
+)
 
 __all__ = ["run_congeal"]
 
@@ -182,10 +187,15 @@ def _resolve_reference(settings, inputs):
     return reference, index, (notes[0] if notes else None)
 
 
-def _build_model(settings, reference, inputs):
+def _build_model(settings, reference, inputs, devices=None):
     keras.utils.set_random_seed(settings.seed)
     try:
-        model = build_congealer(settings, reference)  # built: reference has the images' shape
+        local_devices(devices)
+    except ValueError as error:
+        raise InputError(str(error).replace("Invalid devices=", "--devices ")) from None
+    try:
+        # Built: the reference has the images' shape.
+        model = build_congealer(settings, reference, devices=devices)
     except ValueError as error:
         reason = str(error).strip().splitlines()[0]
         raise InputError(f"{inputs.source.name}: {reason}") from None
@@ -234,7 +244,7 @@ def _oracle(demo):
     }
 
 
-def _train(out, inputs, settings, model, quiet):
+def _train(out, inputs, settings, model, quiet, devices=None):
     """Trains `model` in `out.partial` (resuming its backup, if any).
 
     Returns:
@@ -256,7 +266,7 @@ def _train(out, inputs, settings, model, quiet):
         _Backup(backup_dir, delete_checkpoint=False),
     ]
     model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
-                             verbose=0 if quiet else "auto", model=model)
+                             verbose=0 if quiet else "auto", model=model, devices=devices)
     seconds = time.perf_counter() - start
     return model, _history(out.file(HISTORY_FILE), epochs), resumed_after, seconds
 
@@ -290,7 +300,7 @@ def run_congeal(args, given, flags, out, inputs):
     if out.resuming:
         _check_same_input(out, info)
     reference, reference_index, reference_warning = _resolve_reference(settings, inputs)
-    model = _build_model(settings, reference, inputs)
+    model = _build_model(settings, reference, inputs, args.devices)
     preset = settings.preset
     shown = (settings.reference if reference_index is None
              else f"image {reference_index} ({settings.reference})")
@@ -308,7 +318,7 @@ def run_congeal(args, given, flags, out, inputs):
                 f.write(settings.to_json() + "\n")
             write_json(out.file(RUN_FILE), {"input": info})
         model, history, resumed_after, train_seconds = _train(
-            out, inputs, settings, model, args.quiet
+            out, inputs, settings, model, args.quiet, args.devices
         )
         save_without_optimizer(model, out.file("model.keras"))
         say("aligning")

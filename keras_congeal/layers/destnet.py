@@ -130,7 +130,10 @@ class DeSTNet(keras.layers.Layer):
         self.padding = padding
         self.activation = activation
 
-        self.sampler = BilinearSampler(transform, dtype=self.dtype_policy, name="sampler")
+        # The geometry (sampling and parameter updates) runs at the variables'
+        # precision: float32 under a mixed policy such as "mixed_bfloat16".
+        geometry_dtype = self.dtype_policy.variable_dtype
+        self.sampler = BilinearSampler(transform, dtype=geometry_dtype, name="sampler")
         self.stages = []
         self.fusions = []
         for i in range(self.num_stages):
@@ -157,7 +160,7 @@ class DeSTNet(keras.layers.Layer):
             ]
             self.stages.append(keras.Sequential(layers, name=f"stage{i}"))
             self.fusions.append(
-                DeSTNetFusion(transform, fusion, dtype=self.dtype_policy, name=f"fusion{i}")
+                DeSTNetFusion(transform, fusion, dtype=geometry_dtype, name=f"fusion{i}")
             )
 
     def min_input_size(self):

@@ -162,9 +162,13 @@ class PenalisedAutoencoder(keras.layers.Layer):
         code = self.encode(images)
         reconstruction = self.decode(code)
         pixels = images.shape[1] * images.shape[2] * images.shape[3]
-        error = ops.mean(ops.abs(reconstruction - images), axis=(1, 2, 3))
-        w = ops.convert_to_tensor(self._weights_w, dtype=code.dtype)
-        penalty = self.gamma * ops.sum(code * w, axis=-1) / pixels
+        # The loss terms in the variables' precision (float32 under a mixed
+        # policy), whatever the compute precision of the layers.
+        dtype = self.dtype_policy.variable_dtype
+        error = ops.mean(ops.abs(ops.cast(reconstruction, dtype) - ops.cast(images, dtype)),
+                         axis=(1, 2, 3))
+        w = ops.convert_to_tensor(self._weights_w, dtype=dtype)
+        penalty = self.gamma * ops.sum(ops.cast(code, dtype) * w, axis=-1) / pixels
         if self.loss_weight:
             self.add_loss(self.loss_weight * ops.mean(error + penalty))
         return {

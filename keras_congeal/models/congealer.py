@@ -7,6 +7,7 @@ from keras_congeal.constants import (
     DISTORTION_FEATURES,
     DISTORTION_TARGETS,
     OBJECTIVES,
+    PRECISIONS,
 )
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
 from keras_congeal.ops import filters, geometry
@@ -151,21 +152,29 @@ class Congealer(keras.Model):
         code_size=None,
         gamma=1.0,
         k=1,
+        precision="float32",
         **kwargs,
     ):
         """Builds the Table-1 architecture `preset` ("mnist" or "lfw").
 
-        `reference` sets the image shape. Other keyword arguments go to the
-        constructor (`objective`, `lam`, `ink_weight`).
+        `reference` sets the image shape. `precision`: `"float32"` or
+        `"mixed_bfloat16"` (the aligner's convolutions and dense layers and
+        the auto-encoder compute in bfloat16 with float32 variables; the
+        sampling geometry, the parameter updates and every loss stay in
+        float32). Other keyword arguments go to the constructor
+        (`objective`, `lam`, `ink_weight`).
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision={precision!r}. Expected one of {PRECISIONS}.")
         config = get_preset(preset)
-        aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner",
+        aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner", dtype=precision,
                           **config["aligner"])
         ae_config = config["autoencoder"]
         if code_size is not None:
             ae_config["code_size"] = code_size
-        autoencoder = PenalisedAutoencoder(gamma=gamma, k=k, name="autoencoder", **ae_config)
-        return cls(aligner, autoencoder, reference, **kwargs)
+        autoencoder = PenalisedAutoencoder(gamma=gamma, k=k, name="autoencoder",
+                                           dtype=precision, **ae_config)
+        return cls(aligner, autoencoder, reference, dtype="float32", **kwargs)
 
     def build(self, input_shape):
         self._check_images_shape(input_shape)
@@ -303,20 +312,74 @@ class Congealer(keras.Model):
             raise ValueError("`images` is empty: expected at least one image.")
         aligned, transforms = [], []
         progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
+        align_batch = self._align_function()
+        pending = None  # the previous batch's results, still on the device
         for start in range(0, len(images), batch_size):
             batch = np.asarray(images[start:start + batch_size], dtype="float32")
             if not np.all(np.isfinite(batch)):
                 raise ValueError(f"`images` contains NaN or infinite values (batch at {start}).")
-            out = self._predict_batch(batch)
-            aligned.append(ops.convert_to_numpy(out["aligned"]))
-            transforms.append(self.pixel_transforms(out["params"]))
-            if progress is not None:
-                progress.add(len(batch))
+            count = len(batch)
+            if count < batch_size and start:  # the shape the function was compiled for
+                batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
+                                                        batch.dtype)])
+            # Dispatched before the previous results are copied to the host,
+            # so that the device computes while the host copies (JAX).
+            out = (align_batch(batch), count)
+            if pending is not None:
+                self._collect(pending, aligned, transforms, progress)
+            pending = out
+        self._collect(pending, aligned, transforms, progress)
         return {"aligned": np.concatenate(aligned), "transforms": np.concatenate(transforms)}
 
-    def _predict_batch(self, batch):
-        params = self.aligner(batch)
-        return {"aligned": self.sampler([ops.convert_to_tensor(batch), params]), "params": params}
+    @staticmethod
+    def _collect(pending, aligned, transforms, progress):
+        (batch_aligned, matrices), count = pending
+        aligned.append(ops.convert_to_numpy(batch_aligned)[:count])
+        transforms.append(ops.convert_to_numpy(matrices)[:count].astype("float64"))
+        if progress is not None:
+            progress.add(count)
+
+    def _align_batch(self, batch):
+        """Aligned images and float32 pixel `src_from_dst` matrices of a batch."""
+        return self._warp_with(ops.convert_to_tensor(batch), self.aligner(batch))
+
+    def _warp_with(self, batch, params):
+        size = self.image_shape[:2]
+        delta = geometry.params_to_delta(ops.cast(params, "float32"), self.transform)
+        return self.sampler([batch, params]), geometry.delta_to_pixel_matrix(delta, size, size)
+
+    def _align_function(self):
+        """`_align_batch` compiled for the backend (jit on JAX, a
+        `tf.function` on TensorFlow); made once, it reads the current
+        weights at every call."""
+        function = getattr(self, "_compiled_align", None)
+        if function is not None:
+            return function
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            aligner = self.aligner
+
+            def pure(trainable, non_trainable, batch):
+                # The aligner's weights as arguments: the compiled function
+                # does not freeze them.
+                params, _ = aligner.stateless_call(trainable, non_trainable, batch)
+                return self._warp_with(batch, params)
+
+            jitted = jax.jit(pure)
+
+            def function(batch):
+                return jitted([v.value for v in aligner.trainable_variables],
+                              [v.value for v in aligner.non_trainable_variables], batch)
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            function = tf.function(self._align_batch, reduce_retracing=True)
+        else:
+            function = self._align_batch
+        self._compiled_align = function
+        return function
 
     def get_config(self):
         config = {

@@ -261,3 +261,41 @@ def test_scale_anchor_loss():
     model(images)
     assert len(model.losses) == 2  # D and the scale anchor (zero at the identity)
     np.testing.assert_allclose(float(model.losses[1]), 0.0, atol=1e-7)
+
+
+def test_align_is_compiled_once_and_reads_the_current_weights():
+    rng = np.random.default_rng(4)
+    images = rng.random((7, 16, 16, 1)).astype("float32")
+    model = small_congealer(images[0], transform="affine")
+    model(images)
+    before = model.align(images, batch_size=3)
+    compiled = model._compiled_align
+    kernel = model.aligner.fusions[-1].regressor.kernel
+    kernel.assign(rng.normal(size=kernel.shape).astype("float32") * 0.05)
+    after = model.align(images, batch_size=3)  # the last batch padded to 3, then cut
+    assert model._compiled_align is compiled
+    assert not np.allclose(after["transforms"], before["transforms"])
+    whole = model.align(images, batch_size=7)
+    np.testing.assert_allclose(after["aligned"], whole["aligned"], atol=1e-6)
+    np.testing.assert_allclose(after["transforms"], whole["transforms"], atol=1e-6)
+    assert after["aligned"].shape == images.shape
+
+
+def test_mixed_bfloat16_keeps_geometry_and_losses_in_float32():
+    images, _ = blobs(8)
+    model = Congealer.from_preset("mnist", reference=np.zeros((28, 28, 1), "float32"),
+                                  transform="affine", precision="mixed_bfloat16")
+    model.build((None, 28, 28, 1))
+    assert model.aligner.stages[0].layers[0].compute_dtype == "bfloat16"
+    assert model.autoencoder.encoder.layers[0].compute_dtype == "bfloat16"
+    assert model.aligner.sampler.compute_dtype == "float32"
+    assert model.aligner.fusions[0].compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in model.weights)
+    x = np.zeros((4, 28, 28, 1), "float32")
+    x[:, 10:18, 10:18] = 1.0
+    out = model(x)
+    assert out["params"].dtype == "float32" and out["aligned"].dtype == "float32"
+    assert out["complexity"].dtype == "float32"
+    assert all(keras.backend.standardize_dtype(loss.dtype) == "float32" for loss in model.losses)
+    with pytest.raises(ValueError, match="precision"):
+        Congealer.from_preset("mnist", reference=x[0], precision="float16")
