@@ -94,3 +94,61 @@ def test_two_processes_train_like_one(tmp_path):
         np.testing.assert_array_equal(weights["0"][name], weights["1"][name])
         np.testing.assert_allclose(weights["0"][name], weights["single"][name],
                                    rtol=1e-4, atol=1e-4)
+
+
+def _congeal(args, cwd, backend="jax", **popen):
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-m", "keras_congeal", "congeal",
+                             *map(str, args)], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_cli_two_processes_process_0_writes_the_outputs(tmp_path):
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "set.npy", (rng.random((16, 28, 28)) * 255).astype("uint8"))
+    port = _free_port()
+    runs = [_congeal([tmp_path / "set.npy", "--output", tmp_path / f"out{i}", "--epochs", 1,
+                      "--batch-size", 8, "--coordinator", f"localhost:{port}",
+                      "--num-processes", 2, "--process-id", i], tmp_path) for i in (0, 1)]
+    try:
+        done = [run.communicate(timeout=120) for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    for run, (_out, err) in zip(runs, done, strict=True):
+        assert run.returncode == 0, err[-3000:]
+    assert "process 1: trained; process 0 writes the outputs" in done[1][0]
+    assert (tmp_path / "out0" / "model.keras").exists()
+    assert (tmp_path / "out0" / "aligned.npy").exists()
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out1.partial").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--coordinator", "localhost:1"], "go together"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
+     "--process-id 2: expected 0 to N-1"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "0",
+      "--resume"], "--resume is for one host"),
+])
+def test_cli_multi_host_flag_errors_are_one_line(tmp_path, flags, expected):
+    bad = _congeal(["--output", tmp_path / "out", *flags], tmp_path)
+    _out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and expected in err.splitlines()[-1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_multi_host_needs_jax(tmp_path):
+    pytest.importorskip("tensorflow")
+    bad = _congeal(["--output", tmp_path / "out", "--coordinator", "localhost:1",
+                    "--num-processes", "2", "--process-id", "0"], tmp_path,
+                   backend="tensorflow")
+    _out, err = bad.communicate(timeout=120)
+    assert bad.returncode == 1, err
+    assert err.splitlines()[-1] == ("keras-congeal: error: --coordinator: Multi-host "
+                                    "training needs the jax backend, not tensorflow (set "
+                                    "KERAS_BACKEND=jax).")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
