@@ -49,12 +49,16 @@ class ImageBatches(keras.utils.PyDataset):
         multiple_of: int. Cut a last, smaller batch to a multiple of this
             (data parallel training on JAX needs a batch that divides among
             the devices); a batch of fewer images is skipped. Defaults to 1.
+        process: `(index, count)`. Multi-host training: every process reads
+            only its part of each (global) batch, the `index`-th of `count`
+            equal contiguous slices; `multiple_of` must then be a multiple of
+            `count`. Defaults to `(0, 1)`: the whole batch.
         **kwargs: passed to `PyDataset` (`workers`, `use_multiprocessing`,
             `max_queue_size`).
     """
 
     def __init__(self, images, batch_size=64, shuffle=True, seed=0, drop_remainder=False,
-                 multiple_of=1, **kwargs):
+                 multiple_of=1, process=(0, 1), **kwargs):
         super().__init__(**kwargs)
         if len(images) == 0:
             raise ValueError("`images` is empty: expected at least one image.")
@@ -66,6 +70,12 @@ class ImageBatches(keras.utils.PyDataset):
         if multiple_of < 1 or self.batch_size % multiple_of:
             raise ValueError(f"Expected batch_size ({batch_size}) to be a multiple of "
                              f"multiple_of ({multiple_of}).")
+        index, count = process
+        if count < 1 or not 0 <= index < count or multiple_of % count:
+            raise ValueError(f"Invalid process={process!r}: expected (index, count) with "
+                             f"0 <= index < count and multiple_of ({multiple_of}) a multiple "
+                             "of count.")
+        self.process = (int(index), int(count))
         last = len(images) % self.batch_size
         # A last batch smaller than `multiple_of` is dropped.
         self.drop_remainder = drop_remainder or (0 < last < multiple_of)
@@ -86,8 +96,15 @@ class ImageBatches(keras.utils.PyDataset):
             else self.batch_size
         return block * self.batch_size, size
 
-    def __getitem__(self, index):
+    def _local_bounds(self, index):
+        """`_bounds`, narrowed to this process's slice of the batch."""
         start, size = self._bounds(index)
+        rank, count = self.process
+        size //= count
+        return start + rank * size, size
+
+    def __getitem__(self, index):
+        start, size = self._local_bounds(index)
         batch = as_float_images(self.images[start:start + size], self.data_range)
         if not np.all(np.isfinite(batch)):
             raise ValueError(

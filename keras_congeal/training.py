@@ -13,6 +13,14 @@ devices, and the learning rate is unchanged: one step on N devices is the
 step on one device with the same global batch (every loss is a per-image
 mean, so it reduces exactly). To use the devices' extra memory, raise the
 batch (and, if you wish, the learning rate with it, linearly).
+
+Multi-host training (JAX): call `initialize_multi_host(coordinator,
+num_processes, process_id)` in every process before anything else touches
+JAX, then `fit_congealer(..., devices="all")` with the same images and
+settings in every process. The `DataParallel` mesh then spans the devices of
+all processes; each process reads only its slice of every global batch
+(`ImageBatches(process=...)`), and the trained weights are the same in
+every process (write outputs from process 0 only: `is_main_process()`).
 """
 
 import contextlib
@@ -33,7 +41,15 @@ from keras_congeal.presets import preset_for_size
 from keras_congeal.reference import choose_reference
 from keras_congeal.settings import CongealSettings
 
-__all__ = ["CongealSettings", "build_congealer", "fit_congealer", "local_devices"]
+__all__ = [
+    "CongealSettings",
+    "build_congealer",
+    "fit_congealer",
+    "initialize_multi_host",
+    "is_main_process",
+    "local_devices",
+    "process_index_and_count",
+]
 
 # Epochs measured by the `AlignmentMonitor` of `fit_congealer`, at most.
 MONITORED_EPOCHS = 30
@@ -42,6 +58,55 @@ MONITORED_EPOCHS = 30
 # without a known device memory (CPU), up to DEVICE_DATA_MAX_BYTES.
 DEVICE_DATA_FRACTION = 0.25
 DEVICE_DATA_MAX_BYTES = 512 * 2**20
+
+
+def initialize_multi_host(coordinator, num_processes, process_id):
+    """Joins this process to a multi-host JAX computation.
+
+    Wraps `keras.distribution.initialize` (itself `jax.distributed.initialize`).
+    Call it once per process, first thing, with the same `coordinator` and
+    `num_processes` everywhere; afterwards `local_devices("all")` lists the
+    devices of every process and `fit_congealer(..., devices="all")` trains
+    on all of them.
+
+    Args:
+        coordinator: str. `"HOST:PORT"` of process 0, reachable from every
+            process (process 0 listens on PORT).
+        num_processes: int >= 1. Processes taking part.
+        process_id: int in `[0, num_processes)`. This process's index.
+
+    Raises:
+        ValueError: a bad argument, or a backend other than JAX.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"Multi-host training needs the jax backend, not "
+                         f"{keras.backend.backend()} (set KERAS_BACKEND=jax).")
+    host, _, port = str(coordinator).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Invalid coordinator={coordinator!r}: expected 'HOST:PORT'.")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) \
+            or num_processes < 1:
+        raise ValueError(f"Invalid num_processes={num_processes!r}: expected an integer >= 1.")
+    if isinstance(process_id, bool) or not isinstance(process_id, int) \
+            or not 0 <= process_id < num_processes:
+        raise ValueError(f"Invalid process_id={process_id!r}: expected an integer in "
+                         f"[0, {num_processes}).")
+    keras.distribution.initialize(coordinator, num_processes, process_id)
+
+
+def process_index_and_count():
+    """`(index, count)` of this process among the JAX processes; `(0, 1)`
+    on one host or another backend."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def is_main_process():
+    """Whether this process writes the outputs (process 0, or the only one)."""
+    return process_index_and_count()[0] == 0
 
 
 def local_devices(devices):
@@ -58,7 +123,17 @@ def local_devices(devices):
 
     Raises:
         ValueError: N is not a positive integer, or more than there are.
+
+    After `initialize_multi_host`, `devices` must be `None` or `"all"`: both
+    name every device of every process.
     """
+    if process_index_and_count()[1] > 1:
+        import jax
+
+        if devices not in (None, "all"):
+            raise ValueError(f"Invalid devices={devices!r}: with {jax.process_count()} "
+                             "processes, expected 'all' (every device of every process).")
+        return list(jax.devices())
     if devices is None:
         return None
     if devices != "all" and (isinstance(devices, bool) or not isinstance(devices, int)
@@ -102,7 +177,10 @@ def _distributed(devices):
             yield strategy
     else:
         previous = keras.distribution.distribution()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        # With several processes, each feeds its own slice of every batch
+        # (`ImageBatches(process=...)`): the data is already sharded.
+        keras.distribution.set_distribution(keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=process_index_and_count()[1] == 1))
         try:
             yield None
         finally:
@@ -183,6 +261,10 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
             `tf.distribute.MirroredStrategy()` to train on all local GPUs;
             `settings.batch_size` is then the global batch, split across
             replicas. Every loss is a per-image mean, so it reduces exactly.
+            After `initialize_multi_host`, all devices of all processes are
+            used (`devices` must be `None` or `"all"`), each process reads its
+            slice of every batch, `device_data` is off and so is the monitor
+            (its metrics would need the whole sample in every process).
         devices: `None`, `"all"` or N: data parallel training on the local
             devices (see `local_devices` and the module's docstring), on both
             backends. A `model` passed in must have been built by
@@ -208,7 +290,8 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         model = build_congealer(settings, reference, strategy=strategy, devices=devices)
     callbacks = list(callbacks)
     epochs = settings.epochs_for(len(images))
-    if monitor_size:
+    process = process_index_and_count()
+    if monitor_size and process[1] == 1:
         rng = np.random.default_rng(settings.seed)
         picks = np.sort(rng.choice(len(images), min(monitor_size, len(images)), replace=False))
         # About MONITORED_EPOCHS measures whatever the number of epochs.
@@ -224,10 +307,16 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         # is cut to a multiple of their number (at most `replicas - 1` images
         # skipped).
         batches = batches_class(images, settings.batch_size, shuffle=True, seed=settings.seed,
-                                multiple_of=replicas if keras.backend.backend() == "jax" else 1)
+                                multiple_of=replicas if keras.backend.backend() == "jax" else 1,
+                                process=process)
         history = model.fit(batches, epochs=epochs,
                             initial_epoch=initial_epoch,
                             callbacks=callbacks, verbose=verbose)
+    if process[1] > 1:
+        # The weights are replicated on the devices of every process; copied
+        # to this process's default device, the model predicts and saves as
+        # on one host.
+        model.set_weights(model.get_weights())
     return model, history
 
 
@@ -239,6 +328,11 @@ def _use_device_data(images, device_data):
     if keras.backend.backend() != "jax":
         if device_data is True:
             raise ValueError("device_data=True needs the jax backend.")
+        return False
+    if process_index_and_count()[1] > 1:
+        if device_data is True:
+            raise ValueError("device_data=True is for one host: with several processes, "
+                             "each reads its slice of every batch from `images`.")
         return False
     if device_data != "auto":
         return device_data

@@ -252,6 +252,15 @@ def build_parser():
                          help="train data parallel on all local GPUs or the first N "
                          "(--batch-size is the global batch, split across them; default: "
                          "one device)")
+    multi = congeal.add_argument_group(
+        "multi-host training (JAX backend; the same command on every host, all outputs "
+        "written by process 0)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, reachable from every process")
+    multi.add_argument("--num-processes", type=int, metavar="N",
+                       help="processes taking part (one per host)")
+    multi.add_argument("--process-id", type=int, metavar="I",
+                       help="this process's index, 0 to N-1 (0 writes the outputs)")
     _add_settings(congeal)
 
     align = commands.add_parser(
@@ -365,7 +374,7 @@ def _output_dir(args):
 def _run(args, given):
     """The command, its inputs checked before any framework loads (seconds)."""
     from keras_congeal.cli._inputs import open_input
-    from keras_congeal.io import check_model_file
+    from keras_congeal.io import InputError, check_model_file
 
     out = _output_dir(args)
     if args.command == "align":
@@ -374,6 +383,13 @@ def _run(args, given):
     inputs = open_input(args.input, args.key, args.limit) if args.input else None
     try:
         _load_frameworks()
+        if getattr(args, "coordinator", None) is not None:
+            from keras_congeal.training import initialize_multi_host
+
+            try:  # before the demo set or anything else runs on JAX
+                initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
+            except ValueError as error:
+                raise InputError(f"--coordinator: {error}") from None
         if inputs is None:
             inputs = open_input(None, limit=args.limit)
         if args.command == "congeal":
@@ -404,6 +420,7 @@ def main(argv=None) -> int:
         if args.key is not None and args.input is None:
             parser.error("--key needs an INPUT file")
         given = _given_settings(parser, args)
+        _check_multi_host(parser, args)
     try:
         return _run(args, given)
     except KeyboardInterrupt:
@@ -417,6 +434,20 @@ def main(argv=None) -> int:
         message = str(error) if isinstance(error, InputError) else _os_message(error)
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _check_multi_host(parser, args):
+    """`--coordinator`, `--num-processes` and `--process-id`: all or none."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(flag is None for flag in flags):
+        return
+    if any(flag is None for flag in flags):
+        parser.error("--coordinator, --num-processes and --process-id go together")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process-id {args.process_id}: expected 0 to N-1 with "
+                     f"--num-processes N >= 1 (N = {args.num_processes})")
+    if args.resume and args.num_processes > 1:
+        parser.error("--resume is for one host: a multi-host run starts afresh")
 
 
 def _os_message(error):

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -45,7 +46,9 @@ from keras_congeal.training import (
     CongealSettings,
     build_congealer,
     fit_congealer,
+    is_main_process,
     local_devices,
+    process_index_and_count,
 )
 
 __all__ = ["run_congeal"]
@@ -309,6 +312,20 @@ def run_congeal(args, given, flags, out, inputs):
         shown = f"{shown}; the distortion compares with the aligned batch's mean"
     say(f"congealing {inputs.describe()}; {preset} preset, {settings.transform}, "
         f"{settings.objective}, {epochs} epoch(s); reference: {shown}")
+
+    if not is_main_process():
+        # Multi-host: this process trains its slice of every batch; process
+        # 0 trains the same model and writes every output.
+        # The same callbacks as process 0, writing into a scratch folder:
+        # without process 0's per-epoch weight backup here, the processes'
+        # collectives went out of step (gloo: "collective mismatch").
+        with tempfile.TemporaryDirectory() as scratch:
+            fit_congealer(inputs.images, settings, verbose=0, model=model,
+                          devices=args.devices,
+                          callbacks=[_EpochLog(os.path.join(scratch, HISTORY_FILE)),
+                                     _Backup(scratch, delete_checkpoint=False)])
+        say(f"process {process_index_and_count()[0]}: trained; process 0 writes the outputs")
+        return 0
 
     # === Training and outputs, in DIR.partial/ ===
     partial = out.begin()
