@@ -422,8 +422,12 @@ def main(argv=None) -> int:
         given = _given_settings(parser, args)
         _check_multi_host(parser, args)
     try:
-        return _run(args, given)
+        status = _run(args, given)
+        if status == 130:
+            _quiet_after_interrupt()
+        return status
     except KeyboardInterrupt:
+        _quiet_after_interrupt()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
@@ -448,6 +452,13 @@ def _check_multi_host(parser, args):
                      f"--num-processes N >= 1 (N = {args.num_processes})")
     if args.resume and args.num_processes > 1:
         parser.error("--resume is for one host: a multi-host run starts afresh")
+
+
+def _quiet_after_interrupt():
+    """After Ctrl-C the message is the one line printed; what the interrupted
+    framework's half-exited contexts report when they are finalised at exit
+    ("Exception ignored in: <generator ... _variable_creator_scope>") is not."""
+    sys.unraisablehook = lambda unraisable: None
 
 
 def _os_message(error):
