@@ -15,3 +15,13 @@ DISTORTION_TARGETS = ("reference", "batch-mean")
 # Numeric precision of training: float32, or bfloat16 compute with float32
 # variables, geometry and losses (`keras.mixed_precision`).
 PRECISIONS = ("float32", "mixed_bfloat16")
+# The settings whose value is one of a few names, and those names: one table
+# for `CongealSettings`' validation and the command line's choices.
+SETTING_CHOICES = {
+    "transform": tuple(TRANSFORMS),
+    "fusion": FUSIONS,
+    "objective": OBJECTIVES,
+    "precision": PRECISIONS,
+    "distortion_features": DISTORTION_FEATURES,
+    "distortion_target": DISTORTION_TARGETS,
+}

@@ -7,14 +7,7 @@ import dataclasses
 import json
 import math
 
-from keras_congeal.constants import (
-    DISTORTION_FEATURES,
-    DISTORTION_TARGETS,
-    FUSIONS,
-    OBJECTIVES,
-    PRECISIONS,
-    TRANSFORMS,
-)
+from keras_congeal.constants import SETTING_CHOICES
 
 __all__ = ["CongealSettings"]
 
@@ -104,10 +97,7 @@ class CongealSettings:
             (self.centring_weight >= 0, "centring_weight", "a number >= 0"),
             (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
         ]
-        for name, allowed in (("transform", tuple(TRANSFORMS)), ("fusion", FUSIONS),
-                              ("objective", OBJECTIVES), ("precision", PRECISIONS),
-                              ("distortion_features", DISTORTION_FEATURES),
-                              ("distortion_target", DISTORTION_TARGETS)):
+        for name, allowed in SETTING_CHOICES.items():
             checks.append((getattr(self, name) in allowed, name, f"one of {list(allowed)}"))
         for ok, name, expected in checks:
             if not ok:

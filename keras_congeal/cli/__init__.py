@@ -118,14 +118,7 @@ def _devices(value):
 
 def _add_settings(parser):
     """One flag per `CongealSettings` field; their defaults are the dataclass's."""
-    from keras_congeal.constants import (
-        DISTORTION_FEATURES,
-        DISTORTION_TARGETS,
-        FUSIONS,
-        OBJECTIVES,
-        PRECISIONS,
-        TRANSFORMS,
-    )
+    from keras_congeal.constants import SETTING_CHOICES
     from keras_congeal.presets import PRESETS, preset_settings
     from keras_congeal.reference import STRATEGIES
     from keras_congeal.settings import CongealSettings
@@ -142,10 +135,10 @@ def _add_settings(parser):
                    "architecture of the paper's Table 1 and its training defaults",
                    "auto: mnist for greyscale images up to 64 pixels, lfw for colour or "
                    "larger images"),
-        "transform": ({"choices": sorted(TRANSFORMS)}, "transform family", None),
-        "fusion": ({"choices": list(FUSIONS)},
+        "transform": ({"choices": sorted(SETTING_CHOICES["transform"])}, "transform family", None),
+        "fusion": ({"choices": list(SETTING_CHOICES["fusion"])},
                    "how DeSTNet stages combine (additive is the paper's)", None),
-        "objective": ({"choices": list(OBJECTIVES)},
+        "objective": ({"choices": list(SETTING_CHOICES["objective"])},
                       "loss: D+C the paper's; D distortion only; C complexity only", None),
         "reference": ({"type": _reference, "metavar": f"{'|'.join(STRATEGIES)}|INDEX|PATH"},
                       "the image the distortion term aligns to: a strategy, an image index, "
@@ -167,10 +160,10 @@ def _add_settings(parser):
         "scale_weight": ({"type": float, "metavar": "W"},
                          "weight of the scale anchor: keeps the set's mean scale (0: none)",
                          None),
-        "distortion_features": ({"choices": list(DISTORTION_FEATURES)},
+        "distortion_features": ({"choices": list(SETTING_CHOICES["distortion_features"])},
                                 "what the distortion compares: pixels (the paper's) or "
                                 "local-contrast (illumination-invariant structure)", None),
-        "distortion_target": ({"choices": list(DISTORTION_TARGETS)},
+        "distortion_target": ({"choices": list(SETTING_CHOICES["distortion_target"])},
                               "what the distortion compares with: the reference image, or "
                               "the aligned batch's mean", None),
         "distortion_window": ({"type": float, "metavar": "SIGMA"},
@@ -181,7 +174,7 @@ def _add_settings(parser):
                             "the identity (0: none)", None),
         "min_steps": ({"type": int, "metavar": "N"},
                       "train at least N steps (more epochs on small sets)", None),
-        "precision": ({"choices": list(PRECISIONS)},
+        "precision": ({"choices": list(SETTING_CHOICES["precision"])},
                       "float32, or bfloat16 compute with float32 geometry and losses "
                       "(GPUs)", None),
         "seed": ({"type": int}, "seeds Keras, NumPy and the reference sample", None),
