@@ -286,9 +286,13 @@ class Congealer(keras.Model):
         (e.g. full-resolution originals) gives the same warp at that size.
         """
         size = self.image_shape[:2]
-        delta = geometry.params_to_delta(ops.convert_to_tensor(params, "float32"), self.transform)
-        matrices = geometry.delta_to_pixel_matrix(delta, input_size or size, output_size or size)
+        matrices = self._pixel_matrices(params, input_size or size, output_size or size)
         return ops.convert_to_numpy(matrices).astype("float64")
+
+    def _pixel_matrices(self, params, input_size, output_size):
+        """float32 tensor (B, 3, 3): the pixel `src_from_dst` matrices."""
+        delta = geometry.params_to_delta(ops.cast(params, "float32"), self.transform)
+        return geometry.delta_to_pixel_matrix(delta, input_size, output_size)
 
     def align(self, images, batch_size=ALIGN_BATCH_SIZE, verbose=0):
         """Aligns images with the trained aligner (no re-optimisation).
@@ -345,8 +349,7 @@ class Congealer(keras.Model):
 
     def _warp_with(self, batch, params):
         size = self.image_shape[:2]
-        delta = geometry.params_to_delta(ops.cast(params, "float32"), self.transform)
-        return self.sampler([batch, params]), geometry.delta_to_pixel_matrix(delta, size, size)
+        return self.sampler([batch, params]), self._pixel_matrices(params, size, size)
 
     def _align_function(self):
         """`_align_batch` compiled for the backend (jit on JAX, a
