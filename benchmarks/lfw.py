@@ -246,10 +246,10 @@ def _warp_images(images, matrices, output_size):
 
 def map_points(matrix, points):
     """Maps points (N, K, 2) through per-image 3x3 matrices (N, 3, 3), with the
-    perspective divide, in float64."""
-    from keras_congeal.metrics import aligned_points
+    perspective divide, in float64 (`keras_congeal.metrics.map_points`)."""
+    from keras_congeal.metrics import map_points as map_through
 
-    return aligned_points(points, np.linalg.inv(np.asarray(matrix, "float64")))
+    return map_through(matrix, points)
 
 
 def aligned_landmarks(frame_points, crop_from_frame_src, transforms):
@@ -339,7 +339,7 @@ def _run_congealer(crops, args, cell):
     model, history = fit_congealer(crops, settings, verbose=0, monitor_size=0,
                                    callbacks=[monitor] if monitor else [])
     fit_seconds = time.perf_counter() - start
-    result = model.align(crops, batch_size=256)
+    result = model.align(crops)
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
     trajectory = [] if monitor is None else [
         {"step": m["epoch"] * steps_per_epoch,

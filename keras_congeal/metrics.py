@@ -22,6 +22,7 @@ __all__ = [
     "apsnr",
     "content_scale",
     "ink_kept",
+    "map_points",
     "aligned_points",
     "landmark_error",
     "AlignmentMeter",
@@ -146,15 +147,19 @@ def ink_kept(inputs, aligned):
     return float(np.sum(aligned, dtype="float64")) / total if total else float("nan")
 
 
+def map_points(matrices, points):
+    """Points (N, K, 2) `(x, y)` through per-image 3x3 matrices (N, 3, 3), in
+    float64 with the perspective divide."""
+    points = np.asarray(points, "float64")
+    homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1)
+    mapped = np.einsum("nij,nkj->nki", np.asarray(matrices, "float64"), homogeneous)
+    return mapped[..., :2] / mapped[..., 2:]
+
+
 def aligned_points(points, transforms):
     """Input-image points (N, K, 2) `(x, y)` -> the aligned images' pixels,
-    through the inverse of each `src_from_dst` transform (N, 3, 3), in float64
-    with the perspective divide."""
-    points = np.asarray(points, "float64")
-    inverse = np.linalg.inv(np.asarray(transforms, "float64"))
-    homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1)
-    mapped = np.einsum("nij,nkj->nki", inverse, homogeneous)
-    return mapped[..., :2] / mapped[..., 2:]
+    through the inverse of each `src_from_dst` transform (N, 3, 3)."""
+    return map_points(np.linalg.inv(np.asarray(transforms, "float64")), points)
 
 
 def landmark_error(points, eyes=(0, 1)):
