@@ -450,8 +450,13 @@ def _check_multi_host(parser, args):
 def _quiet_after_interrupt():
     """After Ctrl-C the message is the one line printed; what the interrupted
     framework's half-exited contexts report when they are finalised at exit
-    ("Exception ignored in: <generator ... _variable_creator_scope>") is not."""
+    ("Exception ignored in: <generator ... _variable_creator_scope>") is not.
+    What the interrupted run left (a training input iterator) is finalised
+    now, while the interpreter is whole, not during its shutdown."""
+    import gc
+
     sys.unraisablehook = lambda unraisable: None
+    gc.collect()
 
 
 def _os_message(error):
