@@ -118,12 +118,12 @@ def soak(port: int, pid: int, kinds: dict, clients: int, duration: float, seed: 
                     "POST", "/v1/align" + query, body=body, headers={"Content-Type": content_type}
                 )
                 response = connection.getresponse()
-                response.read()
+                detail = response.read()[:200]
                 status = str(response.status)
                 if response.getheader("connection", "").lower() == "close":
                     connection.close()
             except (OSError, http.client.HTTPException) as error:
-                status = type(error).__name__
+                status, detail = type(error).__name__, b""
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             elapsed = time.perf_counter() - began
@@ -131,7 +131,7 @@ def soak(port: int, pid: int, kinds: dict, clients: int, duration: float, seed: 
             with lock:
                 counts[(name, status)] += 1
                 if status != expected:
-                    unexpected[f"{name}: {status} (expected {expected})"] += 1
+                    unexpected[f"{name}: {status} (expected {expected}) {detail!r}"] += 1
                 elif expected == "200":
                     latencies.append(elapsed)
         connection.close()

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import io
 import logging
+import threading
 import time
 
 import numpy as np
@@ -143,11 +144,20 @@ class _GuardAndMeasure:
                 self.metrics.latency.observe(time.perf_counter() - start)
 
 
+# NumPy parses a .npy header with `ast.literal_eval`; on CPython 3.11 the AST
+# constructor's recursion counter is shared between threads, and two parses that
+# interleave (a garbage collection in one releases the GIL) fail with "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905) -- seen once in ~4000
+# requests of the load test. The request threads therefore parse one at a time.
+_NPY_PARSE_LOCK = threading.Lock()
+
+
 def _parse_npy(body: bytes) -> np.ndarray:
     if not body:
         raise InputError("empty request body: send a .npy batch or multipart 'files'")
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        with _NPY_PARSE_LOCK:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as error:
         raise UnreadableInputError(f"body is not a .npy array ({error})") from None
     if not isinstance(array, np.ndarray):

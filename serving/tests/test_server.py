@@ -424,3 +424,33 @@ def test_any_size_pixel_budgets(any_size_model, tmp_path, bomb_png):
         assert status == 413 and "160 pixels in all" in body["detail"], body
         status, body = client.post_files(two[:1])
         assert status == 200, body
+
+
+def test_npy_bodies_are_parsed_one_at_a_time(monkeypatch):
+    # NumPy's header parse (ast.literal_eval) is not thread-safe on CPython 3.11
+    # (python/cpython#106905); the request threads must not run it concurrently.
+    from keras_congeal_serving import server as server_module
+
+    active, most = [0], [0]
+    lock = threading.Lock()
+    real_load = np.load
+
+    def slow_load(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.01)
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(server_module.np, "load", slow_load)
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(6, dtype=np.uint8).reshape(1, 2, 3))
+    body = buffer.getvalue()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        arrays = list(pool.map(lambda _: server_module._parse_npy(body), range(16)))
+    assert most[0] == 1
+    assert all(np.array_equal(a, np.arange(6).reshape(1, 2, 3)) for a in arrays)
