@@ -96,6 +96,46 @@ def _interrupts_deferred():
         raise KeyboardInterrupt
 
 
+class _StopAtStepEnd(keras.callbacks.Callback):
+    """Raises the `KeyboardInterrupt` of a Ctrl-C held by `_interrupts_held_in_fit`
+    at the end of a training step, outside the backend's tracing and execution
+    (a `KeyboardInterrupt` raised inside TensorFlow's first-step tracing surfaced
+    as an unrelated `TypeError`)."""
+
+    def __init__(self, received):
+        super().__init__()
+        self.received = received
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received:
+            raise KeyboardInterrupt
+
+    on_epoch_end = on_train_batch_end
+
+
+@contextlib.contextmanager
+def _interrupts_held_in_fit():
+    """Yields the list a Ctrl-C (SIGINT) received in the block is appended to, for
+    `_StopAtStepEnd` to act on; a second Ctrl-C interrupts at once."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def hold(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class _Backup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in half
     (a half-written `latest.weights.h5` could not be resumed)."""
@@ -262,14 +302,16 @@ def _train(out, inputs, settings, model, quiet, devices=None):
     if out.resuming and not quiet:
         print(f"resuming {out.partial} after epoch {resumed_after} of {epochs}")
     start = time.perf_counter()
-    callbacks = [
-        _EpochLog(out.file(HISTORY_FILE)),
-        # Kept until the outputs are written: a run killed while aligning
-        # resumes with every epoch done.
-        _Backup(backup_dir, delete_checkpoint=False),
-    ]
-    model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
-                             verbose=0 if quiet else "auto", model=model, devices=devices)
+    with _interrupts_held_in_fit() as interrupted:
+        callbacks = [
+            _EpochLog(out.file(HISTORY_FILE)),
+            # Kept until the outputs are written: a run killed while aligning
+            # resumes with every epoch done.
+            _Backup(backup_dir, delete_checkpoint=False),
+            _StopAtStepEnd(interrupted),
+        ]
+        model, _ = fit_congealer(inputs.images, settings, callbacks=callbacks,
+                                 verbose=0 if quiet else "auto", model=model, devices=devices)
     seconds = time.perf_counter() - start
     return model, _history(out.file(HISTORY_FILE), epochs), resumed_after, seconds
 
