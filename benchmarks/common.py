@@ -26,6 +26,8 @@ __all__ = [
     "run_record",
     "package_versions",
     "machine_info",
+    "script_parser",
+    "log",
     "write_json_atomic",
     "read_json",
     "ResultStore",
@@ -187,6 +189,28 @@ def run_record(argv=None, with_keras=True, note=None, module=None):
     return record
 
 
+# === Command line ===
+
+
+def script_parser(module, doc):
+    """The `argparse` parser of the script `python -m <module>`: its
+    description is the first line of the module docstring `doc`, its epilog
+    the docstring's `Usage:` section (kept as written)."""
+    import argparse
+
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("Usage:", 1)[1],
+    )
+
+
+def log(message):
+    """Prints a progress line on stderr (stdout is for the tables), flushed."""
+    print(message, file=sys.stderr, flush=True)
+
+
 # === Files ===
 
 
@@ -246,14 +270,21 @@ class ResultStore:
         config: dict, the settings that must match to resume.
         run: dict, this invocation's `run_record`.
         resume: bool.
+        read_config: function or None. Reads the config of the file to
+            resume before it is compared with `config` (e.g. fills in
+            settings added since the file was written); the file keeps its
+            config as written. Defaults to `None`: compared as written.
     """
 
-    def __init__(self, path, schema, config, run, resume=False):
+    def __init__(self, path, schema, config, run, resume=False, read_config=None):
         self.path = Path(path)
         self.data = {"schema": schema, "config": _jsonable(config), "runs": [], "results": {}}
         if resume and self.path.exists():
             old = read_json(self.path)
-            if old.get("schema") != schema or old.get("config") != self.data["config"]:
+            recorded = old.get("config")
+            if read_config is not None and recorded is not None:
+                recorded = _jsonable(read_config(recorded))
+            if old.get("schema") != schema or recorded != self.data["config"]:
                 raise ValueError(
                     f"cannot resume {self.path}: it was written with schema "
                     f"{old.get('schema')!r} and config {old.get('config')!r}, this run has "
