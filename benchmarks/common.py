@@ -195,14 +195,15 @@ def run_record(argv=None, with_keras=True, note=None, module=None):
 def script_parser(module, doc):
     """The `argparse` parser of the script `python -m <module>`: its
     description is the first line of the module docstring `doc`, its epilog
-    the docstring's `Usage:` section (kept as written)."""
+    the docstring's `Usage:` section, kept as written (none without one)."""
     import argparse
 
+    _, usage, examples = doc.partition("Usage:")
     return argparse.ArgumentParser(
         prog=f"python -m {module}",
         description=doc.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=doc.split("Usage:", 1)[1],
+        epilog=examples if usage else None,
     )
 
 
@@ -280,7 +281,12 @@ class ResultStore:
         self.path = Path(path)
         self.data = {"schema": schema, "config": _jsonable(config), "runs": [], "results": {}}
         if resume and self.path.exists():
-            old = read_json(self.path)
+            try:
+                old = read_json(self.path)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"cannot resume {self.path}: not a JSON file ({error})") from None
+            if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
+                raise ValueError(f"cannot resume {self.path}: not a results file (no 'results')")
             recorded = old.get("config")
             if read_config is not None and recorded is not None:
                 recorded = _jsonable(read_config(recorded))

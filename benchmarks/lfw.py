@@ -610,7 +610,7 @@ def plot_panels(results, images, out_prefix, methods):
 
 
 class LFWProtocol(protocol.Protocol):
-    """The LFW protocol on `benchmarks.protocol`'s runner (`--help`: the module docstring)."""
+    """Cells (subject, init): every method on the same crops of the initial box."""
 
     module = "benchmarks.lfw"
     schema = SCHEMA
@@ -749,11 +749,8 @@ class LFWProtocol(protocol.Protocol):
                 f"{e['apsnr']:6.2f} dB  landmarks {common.fmt(e['landmark_error_percent'])}%  "
                 f"scale {e['content_scale_median']:.3f}  {e['seconds']:7.1f} s")
 
-    def tables(self, results, methods):
-        return tables(results, methods)
-
-    def plot_panels(self, results, images, prefix, methods):
-        return plot_panels(results, images, prefix, methods)
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
 
 
 PROTOCOL = LFWProtocol()

@@ -325,7 +325,7 @@ def plot_panels(results, images, out_prefix, methods):
 
 
 class MnistProtocols(protocol.Protocol):
-    """The MNIST protocols on `benchmarks.protocol`'s runner (`--help`: the module docstring)."""
+    """Cells (digit, sigma): every method on the same perturbed digits."""
 
     module = "benchmarks.mnist_protocols"
     schema = SCHEMA
@@ -446,11 +446,8 @@ class MnistProtocols(protocol.Protocol):
                 f"{common.fmt(e['content_scale_median'])}  kept {e['images_kept']}/"
                 f"{e['images']}  {e['seconds']:7.1f} s")
 
-    def tables(self, results, methods):
-        return tables(results, methods)
-
-    def plot_panels(self, results, images, prefix, methods):
-        return plot_panels(results, images, prefix, methods)
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
 
 
 PROTOCOL = MnistProtocols()

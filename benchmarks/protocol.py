@@ -29,6 +29,7 @@ a method that raised as `status: "failed: <error>"`, rerun only with
 """
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +39,15 @@ import numpy as np
 
 from benchmarks import common
 
-__all__ = ["Cell", "Protocol", "load_images", "mean_of", "pyplot", "read_congeal_config"]
+__all__ = [
+    "Cell",
+    "Protocol",
+    "read_results",
+    "load_images",
+    "mean_of",
+    "pyplot",
+    "read_congeal_config",
+]
 
 
 @dataclasses.dataclass
@@ -189,16 +198,17 @@ class Protocol:
 
     def main(self, argv=None) -> int:
         args, parser = self.parse_args(argv)
-        out_dir = Path(args.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        prefix = str(out_dir / self.name(args))
+        prefix = str(Path(args.output_dir) / self.name(args))
         path = Path(prefix + ".json")
         images_path = prefix + self.images_suffix + ".npz"
         if args.report_only:
             if not path.exists():
                 parser.error(f"--report-only: {path} does not exist")
-            self.report(common.read_json(path)["results"], load_images(images_path),
-                        args.methods, prefix)
+            try:
+                results = read_results(path)
+            except ValueError as error:
+                parser.error(f"--report-only: {error}")
+            self.report(results, load_images(images_path), args.methods, prefix)
             return 0
         try:
             data = self.open_data(args)
@@ -297,6 +307,17 @@ def read_congeal_config(config):
     except (TypeError, ValueError):  # not settings this code reads: compared as written
         return config
     return {**config, "congeal_settings": settings}
+
+
+def read_results(path):
+    """The `results` of a results file; `ValueError` (one line) when it is not one."""
+    try:
+        data = common.read_json(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a JSON file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ValueError(f"{path} is not a results file (no 'results' object)")
+    return data["results"]
 
 
 def load_images(path):
