@@ -415,20 +415,20 @@ def peak_rss_from_proc():
     Unlike `ru_maxrss`, which Linux carries over from the parent's size at
     fork across `execve`, `VmHWM` belongs to the process image alone.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_status_bytes("VmHWM")
 
 
 def current_rss_bytes():
     """This process's current resident memory (Linux `/proc`), bytes or None."""
+    return _proc_status_bytes("VmRSS")
+
+
+def _proc_status_bytes(field):
+    """The `field` line (`"VmRSS"`, in kB) of `/proc/self/status`, in bytes; None
+    where there is no such file or line."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

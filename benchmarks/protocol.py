@@ -214,8 +214,7 @@ class Protocol:
             data = self.open_data(args)
         except (FileNotFoundError, ValueError) as error:
             parser.error(str(error))
-        run = common.run_record(argv if argv is not None else sys.argv[1:],
-                                note=args.backend_note, module=self.module)
+        run = common.run_record(argv, note=args.backend_note, module=self.module)
         run.update(self.run_fields(args, data))
         try:
             store = common.ResultStore(path, self.schema, self.config(args), run,
