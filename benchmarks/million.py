@@ -153,7 +153,9 @@ def main(argv=None) -> int:
         parser.error(f"--digit must be 0..9, got {args.digit}")
     output = Path(args.output or common.RESULTS_DIR / f"million_{args.protocol}_n{args.n}.json")
 
-    log = common.log
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
     import keras
 
     from keras_congeal.data.mnist import load_mnist
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
     from keras_congeal.metrics import AlignmentMeter
     from keras_congeal.training import CongealSettings, fit_congealer
 
-    run = common.run_record(argv, module="benchmarks.million", note=args.backend_note)
+    run = common.run_record(argv if argv is not None else sys.argv[1:],
+                            module="benchmarks.million", note=args.backend_note)
     (x_train, y_train), _ = load_mnist(common.resolve_mnist(args.mnist))
     sources = x_train[y_train == args.digit]
     memory = {"after_imports_bytes": common.current_rss_bytes()}

@@ -160,25 +160,46 @@ class Protocol:
         self.add_arguments(parser)
         default = self.default_methods or self.methods
         parser.add_argument(
-            "--methods", nargs="+", default=list(default), metavar="METHOD",
+            "--methods",
+            nargs="+",
+            default=list(default),
+            metavar="METHOD",
             help=f"some of {', '.join(self.methods)} (default: "
-            + ("all" if self.default_methods is None else " ".join(default)) + ")",
+            + ("all" if self.default_methods is None else " ".join(default))
+            + ")",
         )
         parser.add_argument("--epochs", type=int, default=None, help=self.epochs_help)
-        parser.add_argument("--rasl-max-iter", type=int, default=1000,
-                            help="RASL outer iterations at most (default 1000, rasl's own)")
-        parser.add_argument("--rasl-stop-delta", type=float, default=0.005,
-                            help=self.rasl_stop_delta_help)
+        parser.add_argument(
+            "--rasl-max-iter",
+            type=int,
+            default=1000,
+            help="RASL outer iterations at most (default 1000, rasl's own)",
+        )
+        parser.add_argument(
+            "--rasl-stop-delta", type=float, default=0.005, help=self.rasl_stop_delta_help
+        )
         parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
-        parser.add_argument("--resume", action="store_true",
-                            help="continue the results file, skipping finished entries")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the results file, skipping finished entries",
+        )
         if self.record_failures:
-            parser.add_argument("--retry-failed", action="store_true",
-                                help="with --resume, run again the entries whose method failed")
-        parser.add_argument("--report-only", action="store_true",
-                            help="only rebuild the tables and figures from the results file")
-        parser.add_argument("--backend-note", default=None,
-                            help="free text stored with the run (e.g. 'shared 2-core CPU')")
+            parser.add_argument(
+                "--retry-failed",
+                action="store_true",
+                help="with --resume, run again the entries whose method failed",
+            )
+        parser.add_argument(
+            "--report-only",
+            action="store_true",
+            help="only rebuild the tables and figures from the results file",
+        )
+        parser.add_argument(
+            "--backend-note",
+            default=None,
+            help="free text stored with the run (e.g. 'shared 2-core CPU')",
+        )
         return parser
 
     def parse_args(self, argv=None):
@@ -217,8 +238,14 @@ class Protocol:
         run = common.run_record(argv, note=args.backend_note, module=self.module)
         run.update(self.run_fields(args, data))
         try:
-            store = common.ResultStore(path, self.schema, self.config(args), run,
-                                       resume=args.resume, read_config=read_congeal_config)
+            store = common.ResultStore(
+                path,
+                self.schema,
+                self.config(args),
+                run,
+                resume=args.resume,
+                read_config=read_congeal_config,
+            )
         except ValueError as error:
             parser.error(str(error))
         images = load_images(images_path) if args.resume else {}
@@ -239,9 +266,12 @@ class Protocol:
     def todo(self, store, cell, args):
         """The methods of `cell` still to run: missing, or failed and retried."""
         retry = self.record_failures and args.retry_failed
-        return [m for m in args.methods
-                if not store.done(cell.key(m))
-                or (retry and store.get(cell.key(m)).get("status", "ok") != "ok")]
+        return [
+            m
+            for m in args.methods
+            if not store.done(cell.key(m))
+            or (retry and store.get(cell.key(m)).get("status", "ok") != "ok")
+        ]
 
     def run_cells(self, store, images, images_path, cells, args):
         """Runs the missing methods of every cell; each entry is saved as it ends."""
@@ -260,17 +290,28 @@ class Protocol:
                     if not self.record_failures:
                         raise
                     status = f"failed: {type(error).__name__}: {str(error)[:300]}"
-                    entry = {**fields, "method": method, "status": status,
-                             "seconds": time.perf_counter() - start,
-                             **self.failed_measures(inputs)}
+                    entry = {
+                        **fields,
+                        "method": method,
+                        "status": status,
+                        "seconds": time.perf_counter() - start,
+                        **self.failed_measures(inputs),
+                    }
                     store.put(key, entry)
                     common.log(f"{cell.name} {method:15s} {status}")
                     continue
                 seconds = time.perf_counter() - start
                 measures, new_images = self.measure(inputs, key, output)
                 status = {"status": "ok"} if self.record_failures else {}
-                entry = {**fields, "method": method, **status, **measures, "seconds": seconds,
-                         "max_rss_bytes": common.rss_bytes(), **output["extra"]}
+                entry = {
+                    **fields,
+                    "method": method,
+                    **status,
+                    **measures,
+                    "seconds": seconds,
+                    "max_rss_bytes": common.rss_bytes(),
+                    **output["extra"],
+                }
                 store.put(key, entry)
                 if new_images:
                     images.update(new_images)
@@ -342,7 +383,8 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        common.log("matplotlib is not installed: no PNG "
-                   "(pip install -r benchmarks/requirements.txt)")
+        common.log(
+            "matplotlib is not installed: no PNG (pip install -r benchmarks/requirements.txt)"
+        )
         return None
     return plt

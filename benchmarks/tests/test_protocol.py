@@ -66,8 +66,7 @@ class Toy(protocol.Protocol):
         if (inputs["value"], method) in self.fail:
             raise ValueError("broken")
         factor = self.methods.index(method) + 1
-        return {"aligned": inputs["x"] * factor, "transforms": None,
-                "extra": {"factor": factor}}
+        return {"aligned": inputs["x"] * factor, "transforms": None, "extra": {"factor": factor}}
 
     def measure(self, inputs, key, output):
         return {"total": float(output["aligned"].sum())}, {key: output["aligned"]}
@@ -79,8 +78,11 @@ class Toy(protocol.Protocol):
         return f"value {entry['value']:g} {entry['method']} total {entry['total']}"
 
     def tables(self, results, methods):
-        rows = [[key, e["method"], common.fmt(e["total"])] for key, e in sorted(results.items())
-                if e["method"] in methods]
+        rows = [
+            [key, e["method"], common.fmt(e["total"])]
+            for key, e in sorted(results.items())
+            if e["method"] in methods
+        ]
         return common.markdown_table(["key", "method", "total"], rows)
 
 
@@ -115,16 +117,21 @@ def test_a_run_writes_the_results_images_and_tables(tmp_path, capsys):
     assert tables == Toy().tables(results, Toy.methods) + "\n"
     assert "| value2/two | two | 12.00 |" in capsys.readouterr().out
     # Nothing but the outputs in the folder (the atomic writers leave no temporary).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.json", "toy_images.npz",
-                                                        "toy_tables.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "toy.json",
+        "toy_images.npz",
+        "toy_tables.md",
+    ]
 
 
 def test_resume_skips_the_finished_cells(tmp_path, capsys):
     assert _run(Toy(), tmp_path, "--values", "1") == 0
     first = _results(tmp_path)["results"]
     toy = Toy()
-    assert _run(toy, tmp_path, "--values", "1", "2", "--methods", "one", "two", "three",
-                "--resume") == 0
+    assert (
+        _run(toy, tmp_path, "--values", "1", "2", "--methods", "one", "two", "three", "--resume")
+        == 0
+    )
     # Cell 1 runs only its new method; cell 2 everything; no input is prepared
     # for a cell whose methods are all done.
     assert toy.calls == [(1.0, "three"), (2.0, "one"), (2.0, "two"), (2.0, "three")]
@@ -204,8 +211,9 @@ def test_resume_refuses_another_config_and_bad_files(tmp_path, capsys):
     assert "not a JSON file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["--methods", "four"], ["--epochs", "0"],
-                                 ["--rasl-max-iter", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--methods", "four"], ["--epochs", "0"], ["--rasl-max-iter", "0"]]
+)
 def test_common_options_are_checked(bad, tmp_path):
     with pytest.raises(SystemExit):
         _run(Toy(), tmp_path, *bad)
@@ -219,13 +227,16 @@ def test_methods_are_run_in_the_protocols_order(tmp_path):
 
 
 def test_report_only_rebuilds_the_tables_from_the_file(tmp_path):
-    results = {"value5/one": {"value": 5.0, "method": "one", "total": 15.0},
-               "value5/three": {"value": 5.0, "method": "three", "total": 45.0}}
+    results = {
+        "value5/one": {"value": 5.0, "method": "one", "total": 15.0},
+        "value5/three": {"value": 5.0, "method": "three", "total": 45.0},
+    }
     (tmp_path / "toy.json").write_text(json.dumps({"results": results}))
     assert _run(Toy(), tmp_path, "--report-only", "--methods", "one", "three") == 0
     assert (tmp_path / "toy_tables.md").read_text() == (
         "| key | method | total |\n|---|---|---|\n| value5/one | one | 15.00 |\n"
-        "| value5/three | three | 45.00 |\n")
+        "| value5/three | three | 45.00 |\n"
+    )
     # --report-only shows --methods (default: the protocol's default methods).
     assert _run(Toy(), tmp_path, "--report-only") == 0
     assert "three" not in (tmp_path / "toy_tables.md").read_text()
@@ -245,8 +256,12 @@ def test_recorded_congeal_settings_take_the_defaults_of_later_settings():
     assert protocol.read_congeal_config(config) == {"n": 10, "congeal_settings": current}
     # A recorded value that differs stays different.
     changed = {**older, "learning_rate": 0.5}
-    assert protocol.read_congeal_config({"congeal_settings": changed})[
-        "congeal_settings"]["learning_rate"] == 0.5
+    assert (
+        protocol.read_congeal_config({"congeal_settings": changed})["congeal_settings"][
+            "learning_rate"
+        ]
+        == 0.5
+    )
     # Settings this code cannot read are compared as written.
     unknown = {"congeal_settings": {**older, "removed_setting": 1}}
     assert protocol.read_congeal_config(unknown) == unknown
@@ -259,43 +274,75 @@ def test_a_file_without_a_later_setting_resumes(tmp_path):
     path = tmp_path / "old.json"
     current = CongealSettings().to_dict()
     older = {k: v for k, v in current.items() if k != "precision"}
-    path.write_text(json.dumps({"schema": "s/1", "config": {"congeal_settings": older},
-                                "runs": [{}], "results": {"a": {"x": 1}}}))
-    store = common.ResultStore(path, "s/1", {"congeal_settings": current}, {"n": 2},
-                               resume=True, read_config=protocol.read_congeal_config)
+    path.write_text(
+        json.dumps(
+            {
+                "schema": "s/1",
+                "config": {"congeal_settings": older},
+                "runs": [{}],
+                "results": {"a": {"x": 1}},
+            }
+        )
+    )
+    store = common.ResultStore(
+        path,
+        "s/1",
+        {"congeal_settings": current},
+        {"n": 2},
+        resume=True,
+        read_config=protocol.read_congeal_config,
+    )
     assert store.done("a") and len(store.data["runs"]) == 2
     assert store.data["config"] == {"congeal_settings": older}  # kept as written
     with pytest.raises(ValueError, match="cannot resume"):
         common.ResultStore(path, "s/1", {"congeal_settings": current}, {}, resume=True)
     bf16 = {**current, "precision": "mixed_bfloat16"}
     with pytest.raises(ValueError, match="cannot resume"):
-        common.ResultStore(path, "s/1", {"congeal_settings": bf16}, {}, resume=True,
-                           read_config=protocol.read_congeal_config)
+        common.ResultStore(
+            path,
+            "s/1",
+            {"congeal_settings": bf16},
+            {},
+            resume=True,
+            read_config=protocol.read_congeal_config,
+        )
 
 
 # === The scripts' tables from hand-made results ===
 
 
 def _mnist_entry(digit, sigma, method, apsnr, ink, scale, status="ok", **extra):
-    return {"digit": digit, "sigma": sigma, "method": method, "status": status,
-            "apsnr": apsnr, "ink_kept": ink, "content_scale_median": scale,
-            "images": 10, "images_kept": 10 if apsnr is not None else None,
-            "seconds": 2.0, **extra}
+    return {
+        "digit": digit,
+        "sigma": sigma,
+        "method": method,
+        "status": status,
+        "apsnr": apsnr,
+        "ink_kept": ink,
+        "content_scale_median": scale,
+        "images": 10,
+        "images_kept": 10 if apsnr is not None else None,
+        "seconds": 2.0,
+        **extra,
+    }
 
 
 def test_mnist_tables_from_hand_made_results():
     results = {
         "digit3/sigma0.2/input": _mnist_entry(3, 0.2, "input", 10.0, 1.0, 1.0),
         "digit8/sigma0.2/input": _mnist_entry(8, 0.2, "input", 12.0, 1.0, 1.0),
-        "digit3/sigma0.2/rasl-affine": _mnist_entry(3, 0.2, "rasl-affine", 14.0, 0.9, 0.8,
-                                                    capped=True),
-        "digit8/sigma0.2/rasl-affine": _mnist_entry(8, 0.2, "rasl-affine", None, None, None,
-                                                    status="failed: ValueError: x"),
+        "digit3/sigma0.2/rasl-affine": _mnist_entry(
+            3, 0.2, "rasl-affine", 14.0, 0.9, 0.8, capped=True
+        ),
+        "digit8/sigma0.2/rasl-affine": _mnist_entry(
+            8, 0.2, "rasl-affine", None, None, None, status="failed: ValueError: x"
+        ),
     }
     text = mnist_protocols.tables(results, list(mnist_protocols.METHODS))
     assert "| 0.2 | input | 3 8 | 11.00 | 1.00 | 1.00 | 10/10 | 2.0 |" in text
-    assert "| 0.2 | rasl-affine | 3 | 14.00* (capped) (1 failed) | 0.90 | 0.80 | 10/10 | 2.0 |" \
-        in text
+    assert (
+        "| 0.2 | rasl-affine | 3 | 14.00* (capped) (1 failed) | 0.90 | 0.80 | 10/10 | 2.0 |" in text
+    )
     assert "| input | 10.00 (1.00, 1.00) | 12.00 (1.00, 1.00) |" in text
     assert "| rasl-affine | 14.00 (0.90, 0.80) | failed |" in text
     assert "kc-D" not in text
@@ -303,22 +350,38 @@ def test_mnist_tables_from_hand_made_results():
 
 def test_lfw_tables_from_hand_made_results():
     def entry(subject, method, apsnr, error, **extra):
-        return {"subject": subject, "init": 0.0, "method": method, "images": 20,
-                "apsnr": apsnr, "landmark_error_percent": error, "content_scale_median": 1.0,
-                "seconds": 3.0, **extra}
+        return {
+            "subject": subject,
+            "init": 0.0,
+            "method": method,
+            "images": 20,
+            "apsnr": apsnr,
+            "landmark_error_percent": error,
+            "content_scale_median": 1.0,
+            "seconds": 3.0,
+            **extra,
+        }
 
     results = {
         "Tony_Blair/init0/input": entry("Tony_Blair", "input", 14.0, 9.0),
         "George_W_Bush/init0/input": entry("George_W_Bush", "input", 16.0, 7.0),
         "Tony_Blair/init0/keras_congeal": entry(
-            "Tony_Blair", "keras_congeal", 15.5, 4.0, epochs=5, steps=10,
-            trajectory=[{"step": 0, "landmark_error": 9.0}, {"step": 10, "landmark_error": 4.0}]),
+            "Tony_Blair",
+            "keras_congeal",
+            15.5,
+            4.0,
+            epochs=5,
+            steps=10,
+            trajectory=[{"step": 0, "landmark_error": 9.0}, {"step": 10, "landmark_error": 4.0}],
+        ),
     }
     text = lfw.tables(results, ["input", "keras_congeal"])
     # Table 2's subject order, whatever the results' order.
     assert text.index("| George_W_Bush | 0 | input |") < text.index("| Tony_Blair | 0 | input |")
-    assert ("| Tony_Blair | 0 | keras_congeal | 20 | 15.50 | 4.00 | 1.000 | 3.0 | "
-            "5 ep / 10 steps | 0:9.0 10:4.0 |") in text
+    assert (
+        "| Tony_Blair | 0 | keras_congeal | 20 | 15.50 | 4.00 | 1.000 | 3.0 | "
+        "5 ep / 10 steps | 0:9.0 10:4.0 |"
+    ) in text
     assert "| 0 | input | 2 | 15.00 | 8.00 | 1.000 | 6.0 |" in text
     assert "| VJ | input (here) | 7.00% | - | - | 9.00% |" in text
     assert "| VJ | Proposed (paper) | 2.67% | 1.86% | 2.24% | 2.39% |" in text
@@ -330,16 +393,34 @@ def test_lfw_tables_from_hand_made_results():
 def test_report_only_through_a_subprocess(tmp_path):
     results = {"digit3/sigma0.1/input": _mnist_entry(3, 0.1, "input", 10.0, 1.0, 1.0)}
     (tmp_path / "mnist_protocols_quick.json").write_text(json.dumps({"results": results}))
-    command = [sys.executable, "-m", "benchmarks.mnist_protocols", "--quick", "--report-only",
-               "--output-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.mnist_protocols",
+        "--quick",
+        "--report-only",
+        "--output-dir",
+        str(tmp_path),
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| 0.1 | input | 3 | 10.00 | 1.00 | 1.00 | 10/10 | 2.0 |" in done.stdout
     assert (tmp_path / "mnist_protocols_quick_tables.md").read_text() == done.stdout
     # A missing results file: one line naming it, exit 2, nothing written.
-    done = subprocess.run([*command[:-1], str(tmp_path / "none")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*command[:-1], str(tmp_path / "none")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and not (tmp_path / "none").exists()
-    assert done.stderr.strip().splitlines()[-1].endswith(
-        "--report-only: " + str(tmp_path / "none" / "mnist_protocols_quick.json")
-        + " does not exist")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "--report-only: "
+            + str(tmp_path / "none" / "mnist_protocols_quick.json")
+            + " does not exist"
+        )
+    )
