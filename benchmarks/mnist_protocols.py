@@ -44,7 +44,14 @@ from benchmarks import common, protocol
 
 SCHEMA = "keras_congeal.mnist_protocols/1"
 METHODS = (
-    "input", "oracle", "rasl-euclidean", "rasl-affine", "lsc-affine", "kc-D+C", "kc-D", "kc-C",
+    "input",
+    "oracle",
+    "rasl-euclidean",
+    "rasl-affine",
+    "lsc-affine",
+    "kc-D+C",
+    "kc-D",
+    "kc-C",
 )
 MODES = {
     "quick": {"n": 1000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
@@ -52,9 +59,14 @@ MODES = {
 }
 # Which entry keys the figures show, in order.
 LABELS = {
-    "input": "input", "oracle": "oracle", "rasl-euclidean": "RASL eucl.",
-    "rasl-affine": "RASL affine", "lsc-affine": "LSC affine", "kc-D+C": "KC D+C",
-    "kc-D": "KC D", "kc-C": "KC C",
+    "input": "input",
+    "oracle": "oracle",
+    "rasl-euclidean": "RASL eucl.",
+    "rasl-affine": "RASL affine",
+    "lsc-affine": "LSC affine",
+    "kc-D+C": "KC D+C",
+    "kc-D": "KC D",
+    "kc-C": "KC C",
 }
 
 
@@ -71,37 +83,54 @@ def cell_seed(seed, digit, sigma):
 
 
 def _run_input(x, matrices, args):
-    return {"aligned": x, "transforms": np.tile(np.eye(3), (len(x), 1, 1)), "mask": None,
-            "extra": {}}
+    return {
+        "aligned": x,
+        "transforms": np.tile(np.eye(3), (len(x), 1, 1)),
+        "mask": None,
+        "extra": {},
+    }
 
 
 def _run_oracle(x, matrices, args):
     from keras_congeal.data import oracle_align
 
-    return {"aligned": oracle_align(x, matrices), "transforms": np.linalg.inv(matrices),
-            "mask": None, "extra": {}}
+    return {
+        "aligned": oracle_align(x, matrices),
+        "transforms": np.linalg.inv(matrices),
+        "mask": None,
+        "extra": {},
+    }
 
 
 def _run_rasl(transform):
     def run(x, matrices, args):
         from benchmarks.baselines import run_rasl
 
-        result = run_rasl(x, transform=transform, max_iter=args.rasl_max_iter,
-                          stop_delta=args.rasl_stop_delta, data_range=1.0,
-                          resample="bilinear")
+        result = run_rasl(
+            x,
+            transform=transform,
+            max_iter=args.rasl_max_iter,
+            stop_delta=args.rasl_stop_delta,
+            data_range=1.0,
+            resample="bilinear",
+        )
         info = result["info"]
         return {
-            "aligned": result["aligned"], "transforms": result["transforms"],
+            "aligned": result["aligned"],
+            "transforms": result["transforms"],
             "mask": result["kept_mask"],
             "extra": {
                 "iterations": result["iterations"],
                 "capped": result["iterations"] >= args.rasl_max_iter,
-                "guards": info["guards"], "num_kept": info["num_kept"],
-                "settings": {k: info[k] for k in ("transform", "stop_delta", "max_iter",
-                                                  "min_ink", "resample")},
+                "guards": info["guards"],
+                "num_kept": info["num_kept"],
+                "settings": {
+                    k: info[k]
+                    for k in ("transform", "stop_delta", "max_iter", "min_ink", "resample")
+                },
                 "note": "APSNR, ink and scale over the kept images only (RASL drops images "
-                        "whose ink sum < 1, i.e. perturbed out of the frame); apsnr_all "
-                        "counts the dropped images unaligned.",
+                "whose ink sum < 1, i.e. perturbed out of the frame); apsnr_all "
+                "counts the dropped images unaligned.",
             },
         }
 
@@ -113,9 +142,13 @@ def _run_lsc(x, matrices, args):
 
     result = run_lsc(x, transform="affine")
     return {
-        "aligned": result["aligned"], "transforms": result["transforms"], "mask": None,
-        "extra": {"iterations": result["iterations"],
-                  "reference_index": result["info"].get("reference_index")},
+        "aligned": result["aligned"],
+        "transforms": result["transforms"],
+        "mask": None,
+        "extra": {
+            "iterations": result["iterations"],
+            "reference_index": result["info"].get("reference_index"),
+        },
     }
 
 
@@ -134,8 +167,10 @@ def _run_congealer(objective):
         reference = np.asarray(keras.ops.convert_to_numpy(model.reference))[..., 0]
         keras.backend.clear_session()
         return {
-            "aligned": result["aligned"][..., 0], "transforms": result["transforms"],
-            "mask": None, "reference": reference,
+            "aligned": result["aligned"][..., 0],
+            "transforms": result["transforms"],
+            "mask": None,
+            "reference": reference,
             "extra": {
                 "reference_index": _index_of(x, reference),
                 "settings": settings.to_dict(),
@@ -143,7 +178,7 @@ def _run_congealer(objective):
                 "train_images_per_second": settings.epochs * len(x) / fit_seconds,
                 "history": history,
                 "note": "history: per epoch losses, and APSNR/ink/scale of a fixed "
-                        "512-image sample (fit_congealer's AlignmentMonitor)",
+                "512-image sample (fit_congealer's AlignmentMonitor)",
             },
         }
 
@@ -188,23 +223,37 @@ def summary_rows(results, sigmas, methods):
     rows = []
     for sigma in sigmas:
         for method in methods:
-            entries = [e for e in results.values()
-                       if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9]
+            entries = [
+                e
+                for e in results.values()
+                if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9
+            ]
             if not entries:
                 continue
             failed = [e for e in entries if e.get("status", "ok") != "ok"]
             entries = [e for e in entries if e.get("status", "ok") == "ok"]
             if not entries:
-                rows.append({"sigma": sigma, "method": method, "digits": [],
-                             "failed": len(failed), **dict.fromkeys(_AVERAGED),
-                             "capped": False})
+                rows.append(
+                    {
+                        "sigma": sigma,
+                        "method": method,
+                        "digits": [],
+                        "failed": len(failed),
+                        **dict.fromkeys(_AVERAGED),
+                        "capped": False,
+                    }
+                )
                 continue
-            rows.append({
-                "sigma": sigma, "method": method, "digits": sorted(e["digit"] for e in entries),
-                **{name: protocol.mean_of([e[name] for e in entries]) for name in _AVERAGED},
-                "capped": any(e.get("capped") for e in entries),
-                "failed": len(failed),
-            })
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "method": method,
+                    "digits": sorted(e["digit"] for e in entries),
+                    **{name: protocol.mean_of([e[name] for e in entries]) for name in _AVERAGED},
+                    "capped": any(e.get("capped") for e in entries),
+                    "failed": len(failed),
+                }
+            )
     return rows
 
 
@@ -217,16 +266,26 @@ def tables(results, methods):
         mark = "*" if r["method"].startswith("rasl") else ""
         mark += " (capped)" if r["capped"] else ""
         mark += f" ({r['failed']} failed)" if r["failed"] else ""
-        rows.append([
-            f"{r['sigma']:g}", r["method"], " ".join(map(str, r["digits"])),
-            common.fmt(r["apsnr"]) + mark, common.fmt(r["ink_kept"]),
-            common.fmt(r["content_scale_median"]),
-            f"{common.fmt(r['images_kept'], 0)}/{common.fmt(r['images'], 0)}",
-            common.fmt(r["seconds"], 1),
-        ])
-    text = ["### Averaged over digits", "", common.markdown_table(
-        ["sigma", "method", "digits", "APSNR dB", "ink kept", "scale", "kept/N", "seconds"],
-        rows)]
+        rows.append(
+            [
+                f"{r['sigma']:g}",
+                r["method"],
+                " ".join(map(str, r["digits"])),
+                common.fmt(r["apsnr"]) + mark,
+                common.fmt(r["ink_kept"]),
+                common.fmt(r["content_scale_median"]),
+                f"{common.fmt(r['images_kept'], 0)}/{common.fmt(r['images'], 0)}",
+                common.fmt(r["seconds"], 1),
+            ]
+        )
+    text = [
+        "### Averaged over digits",
+        "",
+        common.markdown_table(
+            ["sigma", "method", "digits", "APSNR dB", "ink kept", "scale", "kept/N", "seconds"],
+            rows,
+        ),
+    ]
     for sigma in sigmas:
         body = []
         for method in methods:
@@ -238,16 +297,25 @@ def tables(results, methods):
                 elif e.get("status", "ok") != "ok":
                     cells.append("failed")
                 else:
-                    cells.append(f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
-                                 f"{common.fmt(e['content_scale_median'])})")
+                    cells.append(
+                        f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
+                        f"{common.fmt(e['content_scale_median'])})"
+                    )
             if any(c != "-" for c in cells):
                 body.append([method, *cells])
-        text += ["", f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)", "",
-                 common.markdown_table(["method", *map(str, digits)], body)]
-    text += ["", "`*` RASL: over the images it kept (it drops images perturbed out of the "
-             "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
-             "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
-             "what). scale: median content scale (1 = unchanged, < 1 = shrunk)."]
+        text += [
+            "",
+            f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)",
+            "",
+            common.markdown_table(["method", *map(str, digits)], body),
+        ]
+    text += [
+        "",
+        "`*` RASL: over the images it kept (it drops images perturbed out of the "
+        "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
+        "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
+        "what). scale: median content scale (1 = unchanged, < 1 = shrunk).",
+    ]
     return "\n".join(text)
 
 
@@ -265,20 +333,30 @@ def plot_panels(results, images, out_prefix, methods):
     for sigma in sigmas:
         panels = (("", methods, ("mean", "var")), ("_ablation", ablation, ("var",)))
         for name, shown, kinds in panels:
-            shown = [m for m in shown
-                     if any(entry_key(d, sigma, m) in results for d in digits)]
+            shown = [m for m in shown if any(entry_key(d, sigma, m) in results for d in digits)]
             if not shown or (name and len(shown) < 2):
                 continue
-            has_reference = any(
-                f"digit{d}/sigma{sigma:g}/kc-reference" in images for d in digits)
+            has_reference = any(f"digit{d}/sigma{sigma:g}/kc-reference" in images for d in digits)
             cols = len(shown) * len(kinds) + int(has_reference)
-            fig, axes = plt.subplots(len(digits), cols, squeeze=False,
-                                     figsize=(0.8 * cols + 0.2, 0.95 * len(digits) + 0.8))
+            fig, axes = plt.subplots(
+                len(digits),
+                cols,
+                squeeze=False,
+                figsize=(0.8 * cols + 0.2, 0.95 * len(digits) + 0.8),
+            )
             for i, digit in enumerate(digits):
                 # One variance scale per row, so that the methods compare.
-                vmax = max((float(images[f"{entry_key(digit, sigma, m)}/var"].max())
-                            for m in shown if f"{entry_key(digit, sigma, m)}/var" in images),
-                           default=1.0) or 1.0
+                vmax = (
+                    max(
+                        (
+                            float(images[f"{entry_key(digit, sigma, m)}/var"].max())
+                            for m in shown
+                            if f"{entry_key(digit, sigma, m)}/var" in images
+                        ),
+                        default=1.0,
+                    )
+                    or 1.0
+                )
                 for j, method in enumerate(shown):
                     key = entry_key(digit, sigma, method)
                     for k, kind in enumerate(kinds):
@@ -286,14 +364,25 @@ def plot_panels(results, images, out_prefix, methods):
                         ax.set_xticks([])
                         ax.set_yticks([])
                         if i == 0 and k == 0:
-                            ax.text(0.5 * len(kinds), 1.25, LABELS.get(method, method),
-                                    transform=ax.transAxes, ha="center", va="bottom",
-                                    fontsize=6, weight="bold")
+                            ax.text(
+                                0.5 * len(kinds),
+                                1.25,
+                                LABELS.get(method, method),
+                                transform=ax.transAxes,
+                                ha="center",
+                                va="bottom",
+                                fontsize=6,
+                                weight="bold",
+                            )
                         if f"{key}/{kind}" not in images:
                             ax.set_axis_off()
                             continue
-                        ax.imshow(images[f"{key}/{kind}"], cmap="gray",
-                                  vmin=0, vmax=1 if kind == "mean" else vmax)
+                        ax.imshow(
+                            images[f"{key}/{kind}"],
+                            cmap="gray",
+                            vmin=0,
+                            vmax=1 if kind == "mean" else vmax,
+                        )
                         if k == 0:
                             apsnr = common.fmt(results[key]["apsnr"], 1)
                             ax.set_title(f"{apsnr} dB", fontsize=6, pad=1)
@@ -302,18 +391,38 @@ def plot_panels(results, images, out_prefix, methods):
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if i == 0:
-                        ax.text(0.5, 1.25, "KC reference", transform=ax.transAxes,
-                                ha="center", va="bottom", fontsize=6, weight="bold")
+                        ax.text(
+                            0.5,
+                            1.25,
+                            "KC reference",
+                            transform=ax.transAxes,
+                            ha="center",
+                            va="bottom",
+                            fontsize=6,
+                            weight="bold",
+                        )
                     reference = images.get(f"digit{digit}/sigma{sigma:g}/kc-reference")
                     if reference is None:
                         ax.set_axis_off()
                     else:
                         ax.imshow(reference, cmap="gray", vmin=0, vmax=1)
             what = "variance" if name else "mean | variance"
-            fig.text(0.5, 0.995, f"perspective sigma {sigma:g}: {what} per method, one row "
-                     "per digit (APSNR above)", ha="center", va="top", fontsize=7)
-            fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
-                                top=1 - 0.75 / fig.get_figheight(), wspace=0.05, hspace=0.3)
+            fig.text(
+                0.5,
+                0.995,
+                f"perspective sigma {sigma:g}: {what} per method, one row per digit (APSNR above)",
+                ha="center",
+                va="top",
+                fontsize=7,
+            )
+            fig.subplots_adjust(
+                left=0.01,
+                right=0.99,
+                bottom=0.01,
+                top=1 - 0.75 / fig.get_figheight(),
+                wspace=0.05,
+                hspace=0.3,
+            )
             path = f"{out_prefix}_sigma{sigma:g}{name}.png"
             fig.savefig(path, dpi=130)
             plt.close(fig)
@@ -333,33 +442,49 @@ class MnistProtocols(protocol.Protocol):
     images_suffix = "_images"
     data_name = "MNIST"
     record_failures = True
-    epochs_help = ("keras_congeal epochs (default: CongealSettings' own; a smaller value is "
-                   "recorded in the JSON's config)")
+    epochs_help = (
+        "keras_congeal epochs (default: CongealSettings' own; a smaller value is "
+        "recorded in the JSON's config)"
+    )
     rasl_stop_delta_help = "RASL stopping threshold (default 0.005, its digit example)"
     measures = {
         "apsnr": "Eq. 9 on the 0..255 scale over the aligned set (RASL: kept images only)",
         "apsnr_all": "Eq. 9 over all N images (RASL's dropped images unaligned)",
         "ink_kept": "sum(aligned) / sum(perturbed input) over the (kept) set",
         "content_scale_median": "median of 1/sqrt|det J| of the src_from_dst transforms at "
-                                "the image centre (metrics.content_scale); < 1 = shrunk",
+        "the image centre (metrics.content_scale); < 1 = shrunk",
         "seconds": "wall clock of the method on this machine (keras_congeal: fit + align)",
     }
 
     def add_arguments(self, parser):
         mode = parser.add_mutually_exclusive_group(required=True)
-        mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
-                          help="N = 1000 per digit (CPU budget)")
-        mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                          help="N = 6000 per digit (the paper's)")
+        mode.add_argument(
+            "--quick",
+            action="store_const",
+            const="quick",
+            dest="mode",
+            help="N = 1000 per digit (CPU budget)",
+        )
+        mode.add_argument(
+            "--full",
+            action="store_const",
+            const="full",
+            dest="mode",
+            help="N = 6000 per digit (the paper's)",
+        )
         parser.add_argument("--digits", type=int, nargs="+", help="digits (default: 0-9)")
-        parser.add_argument("--sigmas", type=float, nargs="+",
-                            help="perturbation sigmas (default: 0 0.1 0.2 0.3)")
-        parser.add_argument("--n", type=int,
-                            help="images per digit (default: 1000 quick, 6000 full)")
+        parser.add_argument(
+            "--sigmas", type=float, nargs="+", help="perturbation sigmas (default: 0 0.1 0.2 0.3)"
+        )
+        parser.add_argument(
+            "--n", type=int, help="images per digit (default: 1000 quick, 6000 full)"
+        )
         parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
-        parser.add_argument("--mnist", default=None,
-                            help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, then "
-                                 "../shared/data)")
+        parser.add_argument(
+            "--mnist",
+            default=None,
+            help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, then ../shared/data)",
+        )
 
     def check_arguments(self, args, parser):
         mode = MODES[args.mode]
@@ -381,13 +506,19 @@ class MnistProtocols(protocol.Protocol):
 
     def config(self, args):
         return {
-            "mode": args.mode, "n": args.n, "seed": args.seed,
+            "mode": args.mode,
+            "n": args.n,
+            "seed": args.seed,
             "congeal_settings": _settings(args).to_dict(),
             "congeal_epochs_overridden": args.epochs is not None,
             # RASL's iteration cap is per entry (`max_iter`, `capped`): a later
             # --resume may run RASL with another cap.
-            "rasl": {"stop_delta": args.rasl_stop_delta, "resample": "bilinear",
-                     "min_ink": 1.0, "blas_threads": 1},
+            "rasl": {
+                "stop_delta": args.rasl_stop_delta,
+                "resample": "bilinear",
+                "min_ink": 1.0,
+                "blas_threads": 1,
+            },
             "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
         }
 
@@ -415,10 +546,14 @@ class MnistProtocols(protocol.Protocol):
         perturbed, matrices = perspective_perturbation(originals, sigma, seed=seed)
         x = perturbed.astype("float32") / 255.0
         fields = {
-            "digit": digit, "sigma": sigma, "n": len(x), "perturbation_seed": seed,
+            "digit": digit,
+            "sigma": sigma,
+            "n": len(x),
+            "perturbation_seed": seed,
             "images_sha1": hashlib.sha1(perturbed.tobytes()).hexdigest(),
             "apsnr_unperturbed": common.alignment_measures(
-                originals / 255.0, originals / 255.0, None)["apsnr"],
+                originals / 255.0, originals / 255.0, None
+            )["apsnr"],
         }
         return fields, {"x": x, "matrices": matrices, "digit": digit, "sigma": sigma}
 
@@ -427,8 +562,9 @@ class MnistProtocols(protocol.Protocol):
 
     def measure(self, inputs, key, output):
         """APSNR, ink and scale of one output; its mean and variance images."""
-        measures = common.alignment_measures(inputs["x"], output["aligned"],
-                                             output["transforms"], output["mask"])
+        measures = common.alignment_measures(
+            inputs["x"], output["aligned"], output["transforms"], output["mask"]
+        )
         images = {f"{key}/mean": measures.pop("_mean"), f"{key}/var": measures.pop("_var")}
         if output.get("reference") is not None:
             # Every keras_congeal objective of a cell aligns to the same image.
@@ -437,14 +573,21 @@ class MnistProtocols(protocol.Protocol):
         return measures, images
 
     def failed_measures(self, inputs):
-        return {"apsnr": None, "ink_kept": None, "content_scale_median": None,
-                "images": len(inputs["x"]), "images_kept": None}
+        return {
+            "apsnr": None,
+            "ink_kept": None,
+            "content_scale_median": None,
+            "images": len(inputs["x"]),
+            "images_kept": None,
+        }
 
     def describe(self, e):
-        return (f"digit {e['digit']} sigma {e['sigma']:g} {e['method']:15s} APSNR "
-                f"{e['apsnr']:6.2f} dB  ink {e['ink_kept']:.2f}  scale "
-                f"{common.fmt(e['content_scale_median'])}  kept {e['images_kept']}/"
-                f"{e['images']}  {e['seconds']:7.1f} s")
+        return (
+            f"digit {e['digit']} sigma {e['sigma']:g} {e['method']:15s} APSNR "
+            f"{e['apsnr']:6.2f} dB  ink {e['ink_kept']:.2f}  scale "
+            f"{common.fmt(e['content_scale_median'])}  kept {e['images_kept']}/"
+            f"{e['images']}  {e['seconds']:7.1f} s"
+        )
 
     tables = staticmethod(tables)
     plot_panels = staticmethod(plot_panels)
