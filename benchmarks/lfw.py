@@ -695,10 +695,7 @@ def plot_panels(results, images, out_prefix, methods):
                 )
         fig.suptitle(f"LFW, init box +{init:.0%}: means (APSNR, landmark error)", fontsize=7)
         fig.subplots_adjust(wspace=0.05, hspace=0.3, top=0.88, left=0.06, right=0.99, bottom=0.02)
-        path = f"{out_prefix}_init{init:g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(protocol.save_figure(plt, fig, f"{out_prefix}_init{init:g}.png", dpi=110))
     return paths
 
 
@@ -730,6 +727,8 @@ class LFWProtocol(protocol.Protocol):
         "seconds": "wall clock of the method on this machine (keras_congeal: fit + align; "
         "rasl: RASL + the final RGB warp)",
     }
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -896,15 +895,9 @@ class LFWProtocol(protocol.Protocol):
             f"scale {e['content_scale_median']:.3f}  {e['seconds']:7.1f} s"
         )
 
-    tables = staticmethod(tables)
-    plot_panels = staticmethod(plot_panels)
 
-
-PROTOCOL = LFWProtocol()
-
-
-def main(argv=None) -> int:
-    return PROTOCOL.main(argv)
+# `main(argv=None) -> int`: the command line.
+main = LFWProtocol().main
 
 
 if __name__ == "__main__":

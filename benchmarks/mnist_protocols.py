@@ -424,9 +424,7 @@ def plot_panels(results, images, out_prefix, methods):
                 hspace=0.3,
             )
             path = f"{out_prefix}_sigma{sigma:g}{name}.png"
-            fig.savefig(path, dpi=130)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(protocol.save_figure(plt, fig, path, dpi=130))
     return paths
 
 
@@ -455,6 +453,8 @@ class MnistProtocols(protocol.Protocol):
         "the image centre (metrics.content_scale); < 1 = shrunk",
         "seconds": "wall clock of the method on this machine (keras_congeal: fit + align)",
     }
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
 
     def add_arguments(self, parser):
         mode = parser.add_mutually_exclusive_group(required=True)
@@ -589,15 +589,9 @@ class MnistProtocols(protocol.Protocol):
             f"{e['images']}  {e['seconds']:7.1f} s"
         )
 
-    tables = staticmethod(tables)
-    plot_panels = staticmethod(plot_panels)
 
-
-PROTOCOL = MnistProtocols()
-
-
-def main(argv=None) -> int:
-    return PROTOCOL.main(argv)
+# `main(argv=None) -> int`: the command line.
+main = MnistProtocols().main
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ __all__ = [
     "load_images",
     "mean_of",
     "pyplot",
+    "save_figure",
     "read_congeal_config",
 ]
 
@@ -388,3 +389,10 @@ def pyplot():
         )
         return None
     return plt
+
+
+def save_figure(plt, fig, path, dpi):
+    """Writes `fig` to the PNG `path` and closes it; returns `path`."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
