@@ -28,7 +28,6 @@ Usage:
     python -m benchmarks.bench_onnx --model congealer.keras --batch 256 --any-size
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -147,11 +146,7 @@ def table(results):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_onnx", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
-    )
+    parser = common.script_parser("benchmarks.bench_onnx", __doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="a trained Congealer (.keras)")
     source.add_argument("--preset", choices=("mnist", "lfw"), default="mnist",
@@ -187,12 +182,8 @@ def main(argv=None) -> int:
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    record = common.run_record(
-        argv if argv is not None else sys.argv[1:], module="benchmarks.bench_onnx",
-        note=args.backend_note)
+    log = common.log
+    record = common.run_record(argv, module="benchmarks.bench_onnx", note=args.backend_note)
     try:
         source, export_info, results = run(args, log)
     except ValueError as error:

@@ -40,8 +40,6 @@ Usage:
     KERAS_BACKEND=jax python -m benchmarks.bench_training --objective D --steps 200
 """
 
-import argparse
-import sys
 import time
 
 import numpy as np
@@ -216,11 +214,7 @@ def table(results):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_training", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
-    )
+    parser = common.script_parser("benchmarks.bench_training", __doc__)
     parser.add_argument("--preset", choices=sorted(SIZES), default="mnist")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square image size (default: 28 mnist, 64 lfw)")
@@ -249,12 +243,8 @@ def main(argv=None) -> int:
     if min(args.batch_sizes) < 1 or args.steps < 1 or args.warmup < 1:
         parser.error("--batch-sizes, --steps and --warmup must be >= 1")
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    record = common.run_record(
-        argv if argv is not None else sys.argv[1:], module="benchmarks.bench_training",
-        note=args.backend_note)
+    log = common.log
+    record = common.run_record(argv, module="benchmarks.bench_training", note=args.backend_note)
     log(f"backend {record['keras']['backend']} on {record['keras']['devices']}")
     if (args.flops or "device" in args.loops) and record["keras"]["backend"] != "jax":
         parser.error("--flops and --loops device need the jax backend")

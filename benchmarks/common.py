@@ -26,6 +26,8 @@ __all__ = [
     "run_record",
     "package_versions",
     "machine_info",
+    "script_parser",
+    "log",
     "write_json_atomic",
     "read_json",
     "ResultStore",
@@ -187,6 +189,29 @@ def run_record(argv=None, with_keras=True, note=None, module=None):
     return record
 
 
+# === Command line ===
+
+
+def script_parser(module, doc):
+    """The `argparse` parser of the script `python -m <module>`: its
+    description is the first line of the module docstring `doc`, its epilog
+    the docstring's `Usage:` section, kept as written (none without one)."""
+    import argparse
+
+    _, usage, examples = doc.partition("Usage:")
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples if usage else None,
+    )
+
+
+def log(message):
+    """Prints a progress line on stderr (stdout is for the tables), flushed."""
+    print(message, file=sys.stderr, flush=True)
+
+
 # === Files ===
 
 
@@ -246,14 +271,26 @@ class ResultStore:
         config: dict, the settings that must match to resume.
         run: dict, this invocation's `run_record`.
         resume: bool.
+        read_config: function or None. Reads the config of the file to
+            resume before it is compared with `config` (e.g. fills in
+            settings added since the file was written); the file keeps its
+            config as written. Defaults to `None`: compared as written.
     """
 
-    def __init__(self, path, schema, config, run, resume=False):
+    def __init__(self, path, schema, config, run, resume=False, read_config=None):
         self.path = Path(path)
         self.data = {"schema": schema, "config": _jsonable(config), "runs": [], "results": {}}
         if resume and self.path.exists():
-            old = read_json(self.path)
-            if old.get("schema") != schema or old.get("config") != self.data["config"]:
+            try:
+                old = read_json(self.path)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"cannot resume {self.path}: not a JSON file ({error})") from None
+            if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
+                raise ValueError(f"cannot resume {self.path}: not a results file (no 'results')")
+            recorded = old.get("config")
+            if read_config is not None and recorded is not None:
+                recorded = _jsonable(read_config(recorded))
+            if old.get("schema") != schema or recorded != self.data["config"]:
                 raise ValueError(
                     f"cannot resume {self.path}: it was written with schema "
                     f"{old.get('schema')!r} and config {old.get('config')!r}, this run has "
@@ -378,20 +415,20 @@ def peak_rss_from_proc():
     Unlike `ru_maxrss`, which Linux carries over from the parent's size at
     fork across `execve`, `VmHWM` belongs to the process image alone.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_status_bytes("VmHWM")
 
 
 def current_rss_bytes():
     """This process's current resident memory (Linux `/proc`), bytes or None."""
+    return _proc_status_bytes("VmRSS")
+
+
+def _proc_status_bytes(field):
+    """The `field` line (`"VmRSS"`, in kB) of `/proc/self/status`, in bytes; None
+    where there is no such file or line."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

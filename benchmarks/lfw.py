@@ -73,13 +73,12 @@ import argparse
 import csv
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, protocol
 
 __all__ = [
     "SUBJECTS",
@@ -101,12 +100,16 @@ __all__ = [
 SCHEMA = "keras_congeal.lfw/1"
 # The paper's four subjects, in Table 2's order S1..S4.
 SUBJECTS = ("George_W_Bush", "Jennifer_Capriati", "Serena_Williams", "Tony_Blair")
-METHODS = ("input", "oracle-similarity", "keras_congeal", "rasl", "rasl-similarity",
-           "rasl-affine")
+METHODS = ("input", "oracle-similarity", "keras_congeal", "rasl", "rasl-similarity", "rasl-affine")
 DEFAULT_METHODS = ("input", "oracle-similarity", "keras_congeal", "rasl")
-LABELS = {"input": "input", "oracle-similarity": "similarity oracle",
-          "keras_congeal": "keras_congeal", "rasl": "RASL eucl.",
-          "rasl-similarity": "RASL sim.", "rasl-affine": "RASL affine"}
+LABELS = {
+    "input": "input",
+    "oracle-similarity": "similarity oracle",
+    "keras_congeal": "keras_congeal",
+    "rasl": "RASL eucl.",
+    "rasl-similarity": "RASL sim.",
+    "rasl-affine": "RASL affine",
+}
 # LFW frames are the Viola-Jones box enlarged 2.2 times in each dimension.
 VIOLA_JONES_ENLARGEMENT = 2.2
 # landmarks.tsv holds ORIGINAL 250x250 coordinates; the JPEGs are 150x150.
@@ -238,8 +241,8 @@ def _warp_images(images, matrices, output_size):
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     out = []
     for start in range(0, len(images), CROP_BATCH):
-        batch = ops.convert_to_tensor(images[start:start + CROP_BATCH].astype("float32") / scale)
-        m = ops.convert_to_tensor(np.asarray(matrices[start:start + CROP_BATCH], "float32"))
+        batch = ops.convert_to_tensor(images[start : start + CROP_BATCH].astype("float32") / scale)
+        m = ops.convert_to_tensor(np.asarray(matrices[start : start + CROP_BATCH], "float32"))
         out.append(ops.convert_to_numpy(warp(batch, m, output_size)))
     return np.concatenate(out).astype("float32")
 
@@ -308,12 +311,13 @@ def _parse_setting(text):
     from keras_congeal.settings import CongealSettings
 
     key, sep, value = text.partition("=")
-    fields = sorted(f.name for f in dataclasses.fields(CongealSettings)
-                    if f.name not in ("preset", "epochs"))
+    fields = sorted(
+        f.name for f in dataclasses.fields(CongealSettings) if f.name not in ("preset", "epochs")
+    )
     if not sep or key not in fields:
         raise argparse.ArgumentTypeError(
-            f"expected KEY=VALUE with KEY one of {fields} (epochs: --epochs), "
-            f"received {text!r}")
+            f"expected KEY=VALUE with KEY one of {fields} (epochs: --epochs), received {text!r}"
+        )
     try:
         value = json.loads(value)
     except json.JSONDecodeError:
@@ -333,25 +337,40 @@ def _run_congealer(crops, args, cell):
     # The landmark-error trajectory: about TRAJECTORY_POINTS measures.
     every = max(1, round(epochs / TRAJECTORY_POINTS))
     crop_points = _crop_points(cell)
-    monitor = AlignmentMonitor(crops[cell["index"]], every=every, landmarks=crop_points,
-                               eyes=EYES) if len(cell["index"]) > 1 else None
+    monitor = (
+        AlignmentMonitor(crops[cell["index"]], every=every, landmarks=crop_points, eyes=EYES)
+        if len(cell["index"]) > 1
+        else None
+    )
     start = time.perf_counter()
-    model, history = fit_congealer(crops, settings, verbose=0, monitor_size=0,
-                                   callbacks=[monitor] if monitor else [])
+    model, history = fit_congealer(
+        crops, settings, verbose=0, monitor_size=0, callbacks=[monitor] if monitor else []
+    )
     fit_seconds = time.perf_counter() - start
     result = model.align(crops)
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
-    trajectory = [] if monitor is None else [
-        {"step": m["epoch"] * steps_per_epoch,
-         **{k: m[k] for k in ("landmark_error", "apsnr", "scale")}}
-        for m in monitor.history]
+    trajectory = (
+        []
+        if monitor is None
+        else [
+            {
+                "step": m["epoch"] * steps_per_epoch,
+                **{k: m[k] for k in ("landmark_error", "apsnr", "scale")},
+            }
+            for m in monitor.history
+        ]
+    )
     keras.backend.clear_session()
     return {
-        "aligned": result["aligned"], "transforms": result["transforms"],
+        "aligned": result["aligned"],
+        "transforms": result["transforms"],
         "extra": {
-            "settings": settings.to_dict(), "epochs": epochs,
-            "steps": epochs * steps_per_epoch, "fit_seconds": fit_seconds,
-            "history": history, "trajectory": trajectory,
+            "settings": settings.to_dict(),
+            "epochs": epochs,
+            "steps": epochs * steps_per_epoch,
+            "fit_seconds": fit_seconds,
+            "history": history,
+            "trajectory": trajectory,
         },
     }
 
@@ -377,8 +396,9 @@ def similarity_to_mean(points, iterations=20):
         fitted = np.einsum("nij,nkj->nki", matrices[:, :2, :2], points) + matrices[:, None, :2, 2]
         new = fitted.mean(axis=0)
         # Keep the first mean's centroid and size: only the shape is refitted.
-        new = (new - new.mean(0)) * (np.linalg.norm(mean - mean.mean(0))
-                                     / np.linalg.norm(new - new.mean(0))) + mean.mean(0)
+        new = (new - new.mean(0)) * (
+            np.linalg.norm(mean - mean.mean(0)) / np.linalg.norm(new - new.mean(0))
+        ) + mean.mean(0)
         if np.allclose(new, mean, atol=1e-9):
             break
         mean = new
@@ -418,8 +438,14 @@ def _run_rasl(transform):
         from benchmarks.baselines import run_rasl
 
         grey = _greyscale(crops)
-        result = run_rasl(grey, transform=transform, data_range=1.0, resample="bilinear",
-                          max_iter=args.rasl_max_iter, stop_delta=args.rasl_stop_delta)
+        result = run_rasl(
+            grey,
+            transform=transform,
+            data_range=1.0,
+            resample="bilinear",
+            max_iter=args.rasl_max_iter,
+            stop_delta=args.rasl_stop_delta,
+        )
         transforms = result["transforms"]
         info = result["info"]
         return {
@@ -429,11 +455,13 @@ def _run_rasl(transform):
                 "iterations": result["iterations"],
                 "capped": result["iterations"] >= args.rasl_max_iter,
                 "rasl_seconds": result["seconds"],
-                "guards": info["guards"], "num_kept": info["num_kept"],
-                "settings": {k: info[k] for k in ("transform", "stop_delta", "max_iter",
-                                                  "min_ink")},
+                "guards": info["guards"],
+                "num_kept": info["num_kept"],
+                "settings": {
+                    k: info[k] for k in ("transform", "stop_delta", "max_iter", "min_ink")
+                },
                 "note": "RASL aligned the greyscale crops (0.299 R + 0.587 G + 0.114 B); its "
-                        "transforms warp the RGB crops with keras_congeal's bilinear sampler",
+                "transforms warp the RGB crops with keras_congeal's bilinear sampler",
             },
         }
 
@@ -468,8 +496,9 @@ def measure(crops, aligned, transforms, matrix, landmarks):
     stats = ImageStats(1.0).update(aligned)
     scales = content_scale(transforms, aligned.shape[1:3])
     index, points = landmarks
-    error = (landmark_error(aligned_landmarks(points, matrix, transforms[index]))
-             if len(index) else None)
+    error = (
+        landmark_error(aligned_landmarks(points, matrix, transforms[index])) if len(index) else None
+    )
     return {
         "apsnr": stats.apsnr(),
         "content_scale_median": float(np.median(scales)),
@@ -479,40 +508,6 @@ def measure(crops, aligned, transforms, matrix, landmarks):
         "landmarks": error,
         "_mean": stats.mean,
     }
-
-
-def run_cell(store, frames, names, landmarks, subject, init, args, log):
-    """Runs the missing methods of one (subject, init) cell."""
-    todo = [m for m in args.methods if not store.done(entry_key(subject, init, m))]
-    if not todo:
-        log(f"{subject} init {init:g}: done, skipped")
-        return
-    matrix = crop_matrix(frames.shape[1], args.size, init)
-    crops = crop_frames(frames, matrix, args.size)
-    index = np.array([i for i, name in enumerate(names) if name in landmarks], dtype=int)
-    points = (np.stack([landmarks[names[i]] for i in index]) if len(index)
-              else np.zeros((0, len(LANDMARKS), 2)))
-    data = {
-        "subject": subject, "init": init, "images": len(frames),
-        "images_with_landmarks": int(len(index)), "crop_matrix": matrix,
-        "box": box_corners(frames.shape[1], init), "frame_size": int(frames.shape[1]),
-    }
-    for method in todo:
-        key = entry_key(subject, init, method)
-        start = time.perf_counter()
-        output = RUNNERS[method](crops, args, {**data, "index": index, "points": points})
-        seconds = time.perf_counter() - start
-        measures = measure(crops, output["aligned"], output["transforms"], matrix,
-                           (index, points))
-        mean = measures.pop("_mean")
-        entry = {**data, "method": method, **measures, "seconds": seconds,
-                 "max_rss_bytes": common.rss_bytes(), **output["extra"]}
-        store.put(key, entry)
-        store.images[key] = np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
-        common.write_npz_atomic(store.images_path, store.images)
-        log(f"{subject:18s} init {init:<4g} {method:15s} APSNR {entry['apsnr']:6.2f} dB  "
-            f"landmarks {common.fmt(entry['landmark_error_percent'])}%  "
-            f"scale {entry['content_scale_median']:.3f}  {seconds:7.1f} s")
 
 
 # === Report ===
@@ -530,90 +525,141 @@ def tables(results, methods):
                 e = results.get(entry_key(subject, init, method))
                 if e is None:
                     continue
-                budget = (f"{e['epochs']} ep / {e['steps']} steps" if "epochs" in e else
-                          f"{e['iterations']} it" + (" (capped)" if e.get("capped") else "")
-                          if "iterations" in e else "")
+                budget = (
+                    f"{e['epochs']} ep / {e['steps']} steps"
+                    if "epochs" in e
+                    else f"{e['iterations']} it" + (" (capped)" if e.get("capped") else "")
+                    if "iterations" in e
+                    else ""
+                )
                 trajectory = " ".join(
-                    f"{p['step']}:{p['landmark_error']:.1f}" for p in e.get("trajectory", []))
-                rows.append([subject, f"{init:g}", method, e["images"], common.fmt(e["apsnr"]),
-                             common.fmt(e["landmark_error_percent"]),
-                             common.fmt(e["content_scale_median"], 3),
-                             common.fmt(e["seconds"], 1), budget, trajectory])
-    text = ["### Every cell", "", common.markdown_table(
-        ["subject", "init", "method", "N", "APSNR dB", "landmark err. %", "scale (median)",
-         "seconds", "budget", "trajectory (step:landmark err. %)"], rows)]
+                    f"{p['step']}:{p['landmark_error']:.1f}" for p in e.get("trajectory", [])
+                )
+                rows.append(
+                    [
+                        subject,
+                        f"{init:g}",
+                        method,
+                        e["images"],
+                        common.fmt(e["apsnr"]),
+                        common.fmt(e["landmark_error_percent"]),
+                        common.fmt(e["content_scale_median"], 3),
+                        common.fmt(e["seconds"], 1),
+                        budget,
+                        trajectory,
+                    ]
+                )
+    text = [
+        "### Every cell",
+        "",
+        common.markdown_table(
+            [
+                "subject",
+                "init",
+                "method",
+                "N",
+                "APSNR dB",
+                "landmark err. %",
+                "scale (median)",
+                "seconds",
+                "budget",
+                "trajectory (step:landmark err. %)",
+            ],
+            rows,
+        ),
+    ]
 
     avg_rows = []
     for init in inits:
         for method in methods:
-            entries = [e for e in results.values()
-                       if e["method"] == method and abs(e["init"] - init) < 1e-9]
+            entries = [
+                e
+                for e in results.values()
+                if e["method"] == method and abs(e["init"] - init) < 1e-9
+            ]
             if not entries:
                 continue
-            avg_rows.append([
-                f"{init:g}", method, len(entries),
-                common.fmt(float(np.mean([e["apsnr"] for e in entries]))),
-                common.fmt(_mean([e["landmark_error_percent"] for e in entries])),
-                common.fmt(float(np.mean([e["content_scale_median"] for e in entries])), 3),
-                common.fmt(float(np.sum([e["seconds"] for e in entries])), 1),
-            ])
-    text += ["", "### Averaged over subjects (seconds: summed)", "", common.markdown_table(
-        ["init", "method", "subjects", "APSNR dB", "landmark err. %", "scale", "seconds"],
-        avg_rows)]
+            avg_rows.append(
+                [
+                    f"{init:g}",
+                    method,
+                    len(entries),
+                    common.fmt(float(np.mean([e["apsnr"] for e in entries]))),
+                    common.fmt(protocol.mean_of([e["landmark_error_percent"] for e in entries])),
+                    common.fmt(float(np.mean([e["content_scale_median"] for e in entries])), 3),
+                    common.fmt(float(np.sum([e["seconds"] for e in entries])), 1),
+                ]
+            )
+    text += [
+        "",
+        "### Averaged over subjects (seconds: summed)",
+        "",
+        common.markdown_table(
+            ["init", "method", "subjects", "APSNR dB", "landmark err. %", "scale", "seconds"],
+            avg_rows,
+        ),
+    ]
 
     table2 = []
     for init in inits:
         for method in methods:
             cells = [results.get(entry_key(s, init, method)) for s in SUBJECTS]
             if any(c is not None for c in cells):
-                table2.append([f"+{init:.0%}" if init else "VJ", f"{method} (here)"] + [
-                    "-" if c is None else common.fmt(c["landmark_error_percent"]) + "%"
-                    for c in cells])
+                table2.append(
+                    [f"+{init:.0%}" if init else "VJ", f"{method} (here)"]
+                    + [
+                        "-" if c is None else common.fmt(c["landmark_error_percent"]) + "%"
+                        for c in cells
+                    ]
+                )
         for name in ("RASL", "DC", "Proposed"):
             paper = PAPER_TABLE2.get((round(init, 2), name))
             if paper:
-                table2.append([f"+{init:.0%}" if init else "VJ", f"{name} (paper)"]
-                              + [f"{v:.2f}%" for v in paper])
-    text += ["", "### Table 2 layout: landmark error, here and in the paper", "",
-             common.markdown_table(["init", "method", "S1 Bush", "S2 Capriati", "S3 Williams",
-                                    "S4 Blair"], table2)]
-    text += ["", "Landmark error: mean over the 3 landmarks (outer eye corners, nose tip) of "
-             "the mean distance to their mean position, over the mean eye-to-eye distance, in "
-             "the aligned frame. scale: median content scale (1 = as cropped, < 1 = zoomed "
-             "out/shrunk, > 1 = zoomed in)."]
+                table2.append(
+                    [f"+{init:.0%}" if init else "VJ", f"{name} (paper)"]
+                    + [f"{v:.2f}%" for v in paper]
+                )
+    text += [
+        "",
+        "### Table 2 layout: landmark error, here and in the paper",
+        "",
+        common.markdown_table(
+            ["init", "method", "S1 Bush", "S2 Capriati", "S3 Williams", "S4 Blair"], table2
+        ),
+    ]
+    text += [
+        "",
+        "Landmark error: mean over the 3 landmarks (outer eye corners, nose tip) of "
+        "the mean distance to their mean position, over the mean eye-to-eye distance, in "
+        "the aligned frame. scale: median content scale (1 = as cropped, < 1 = zoomed "
+        "out/shrunk, > 1 = zoomed in).",
+    ]
     return "\n".join(text)
-
-
-def _mean(values):
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(values)) if values else None
 
 
 def plot_panels(results, images, out_prefix, methods):
     """One PNG per initialisation like Figs. 9-10: rows = subjects; columns =
     the mean frame with the box in red, then each method's mean aligned crop
     with its APSNR and landmark error. Returns the paths written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
-    except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -r benchmarks/requirements.txt)",
-              file=sys.stderr)
+    plt = protocol.pyplot()
+    if plt is None:
         return []
+    from matplotlib.patches import Rectangle
+
     paths = []
     inits = sorted({e["init"] for e in results.values()})
     for init in inits:
-        subjects = [s for s in SUBJECTS
-                    if any(entry_key(s, init, m) in results for m in methods)]
+        subjects = [s for s in SUBJECTS if any(entry_key(s, init, m) in results for m in methods)]
         shown = [m for m in methods if any(entry_key(s, init, m) in results for s in subjects)]
         if not subjects:
             continue
         cols = 1 + len(shown)
-        fig, axes = plt.subplots(len(subjects), cols, squeeze=False,
-                                 figsize=(1.45 * cols + 0.2, 1.6 * len(subjects) + 0.5))
+        fig, axes = plt.subplots(
+            len(subjects),
+            cols,
+            squeeze=False,
+            figsize=(1.45 * cols + 0.2, 1.6 * len(subjects) + 0.5),
+        )
         for i, subject in enumerate(subjects):
             ax = axes[i, 0]
             ax.set_xticks([])
@@ -622,8 +668,11 @@ def plot_panels(results, images, out_prefix, methods):
             if frame is not None:
                 ax.imshow(frame)
                 x0, y0, x1, y1 = box_corners(frame.shape[0], init)
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
-                                       edgecolor="red", linewidth=0.8))
+                ax.add_patch(
+                    Rectangle(
+                        (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=0.8
+                    )
+                )
             ax.set_ylabel(subject.replace("_", " "), fontsize=6)
             if i == 0:
                 ax.set_title("mean frame, init box", fontsize=6)
@@ -638,183 +687,217 @@ def plot_panels(results, images, out_prefix, methods):
                 ax.imshow(images[key])
                 e = results[key]
                 label = f"{LABELS.get(method, method)}\n" if i == 0 else ""
-                ax.set_title(f"{label}{common.fmt(e['apsnr'], 2)} dB, "
-                             f"{common.fmt(e['landmark_error_percent'], 2)}%", fontsize=6,
-                             pad=2)
+                ax.set_title(
+                    f"{label}{common.fmt(e['apsnr'], 2)} dB, "
+                    f"{common.fmt(e['landmark_error_percent'], 2)}%",
+                    fontsize=6,
+                    pad=2,
+                )
         fig.suptitle(f"LFW, init box +{init:.0%}: means (APSNR, landmark error)", fontsize=7)
-        fig.subplots_adjust(wspace=0.05, hspace=0.3, top=0.88, left=0.06, right=0.99,
-                            bottom=0.02)
-        path = f"{out_prefix}_init{init:g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        fig.subplots_adjust(wspace=0.05, hspace=0.3, top=0.88, left=0.06, right=0.99, bottom=0.02)
+        paths.append(protocol.save_figure(plt, fig, f"{out_prefix}_init{init:g}.png", dpi=110))
     return paths
 
 
-def report(results, images, methods, prefix, log):
-    text = tables(results, methods)
-    tmp = f"{prefix}_tables.md.tmp"
-    Path(tmp).write_text(text + "\n")
-    os.replace(tmp, f"{prefix}_tables.md")
-    print(text)
-    for path in plot_panels(results, images, prefix, methods):
-        log(f"wrote {path}")
+# === The protocol ===
 
 
-# === Command line ===
+class LFWProtocol(protocol.Protocol):
+    """Cells (subject, init): every method on the same crops of the initial box."""
 
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.lfw",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
-    )
-    parser.add_argument("--data", default=None,
-                        help="the lfw4 folder (default: $KERAS_CONGEAL_DATA/lfw4, then "
-                             "../shared/data/lfw4)")
-    parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS),
-                        help="subject folders (default: the paper's four)")
-    parser.add_argument("--inits", type=float, nargs="+", default=[0.0, 0.15, 0.30],
-                        help="box enlargements (default: 0 0.15 0.30, the paper's)")
-    parser.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                        metavar="METHOD",
-                        help=f"some of {', '.join(METHODS)} (default: "
-                             f"{' '.join(DEFAULT_METHODS)})")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="keras_congeal epochs (default: the lfw preset's)")
-    parser.add_argument("--setting", type=_parse_setting, action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a CongealSettings field for keras_congeal, e.g. "
-                             "transform=similarity or learning_rate=1e-4 (repeatable; "
-                             "recorded in the JSON's config)")
-    parser.add_argument("--min-steps", type=int, default=None,
-                        help="raise a cell's epochs until it trains at least this many "
-                             "batches (small subjects have 1 batch an epoch; default: the "
-                             "lfw preset's min_steps)")
-    parser.add_argument("--monitor-size", type=int, default=128,
-                        help="images whose APSNR/scale fit_congealer logs each epoch "
-                             "(default 128; 0: none)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="first N frames of each subject (default: all)")
-    parser.add_argument("--rasl-max-iter", type=int, default=1000,
-                        help="RASL outer iterations at most (default 1000, rasl's own)")
-    parser.add_argument("--rasl-stop-delta", type=float, default=0.005,
-                        help="RASL stopping threshold (default 0.005, the baseline's)")
-    parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
-    parser.add_argument("--name", default="lfw",
-                        help="file name prefix of the outputs (default: lfw)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the results file, skipping finished entries")
-    parser.add_argument("--report-only", action="store_true",
-                        help="only rebuild the tables and figures from the results file")
-    parser.add_argument("--backend-note", default=None,
-                        help="free text stored with the run (e.g. 'shared 2-core CPU')")
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown --methods {unknown}; expected some of {list(METHODS)}")
-    args.methods = [m for m in METHODS if m in args.methods]
-    if args.size < 8:
-        parser.error(f"--size must be at least 8, received {args.size}")
-    if any(not 0 <= i < 1.2 for i in args.inits):
-        parser.error(f"--inits must be in [0, 1.2) (the box must fit the frame), "
-                     f"received {args.inits}")
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be >= 1")
-    try:
-        congeal_settings(args)
-    except (ValueError, TypeError) as error:
-        parser.error(f"--setting: {error}")
-    if args.limit is not None and args.limit < 2:
-        parser.error("--limit must be at least 2")
-    if args.rasl_max_iter < 1:
-        parser.error("--rasl-max-iter must be >= 1")
-    if "/" in args.name or not args.name.startswith("lfw"):
-        parser.error(f"--name must be a file name starting with 'lfw', received {args.name!r}")
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = str(out_dir / args.name)
-    path = Path(prefix + ".json")
-    images_path = prefix + "_means.npz"
-    if args.report_only:
-        if not path.exists():
-            parser.error(f"--report-only: {path} does not exist")
-        report(common.read_json(path)["results"], _load_images(images_path), args.methods,
-               prefix, log)
-        return 0
-    try:
-        data_dir = resolve_lfw(args.data)
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    missing = [s for s in args.subjects if not (data_dir / s).is_dir()]
-    if missing:
-        parser.error(f"no folder for --subjects {missing} in {data_dir}")
-
-    config = {
-        "size": args.size, "limit": args.limit,
-        "congeal_settings": congeal_settings(args).to_dict(),
-        "congeal_epochs_overridden": args.epochs is not None,
-        "rasl": {"stop_delta": args.rasl_stop_delta, "max_iter": args.rasl_max_iter,
-                 "input": "greyscale crops", "resample": "bilinear", "min_ink": 1.0,
-                 "blas_threads": 1},
-        "landmarks": list(LANDMARKS), "landmark_scale": LANDMARK_SCALE,
-        "viola_jones_enlargement": VIOLA_JONES_ENLARGEMENT,
-    }
-    run = common.run_record(argv if argv is not None else sys.argv[1:], note=args.backend_note,
-                            module="benchmarks.lfw")
-    run.update(subjects=args.subjects, inits=args.inits, methods=args.methods,
-               data=common.portable_path(data_dir))
-    try:
-        store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)
-    except ValueError as error:
-        parser.error(str(error))
-    store.images_path = images_path
-    store.images = _load_images(images_path) if args.resume else {}
-    store.set("measures", {
+    module = "benchmarks.lfw"
+    schema = SCHEMA
+    methods = METHODS
+    default_methods = DEFAULT_METHODS
+    images_suffix = "_means"
+    data_name = "LFW"
+    epochs_help = "keras_congeal epochs (default: the lfw preset's)"
+    rasl_stop_delta_help = "RASL stopping threshold (default 0.005, the baseline's)"
+    measures = {
         "apsnr": "Eq. 9 on the 0..255 scale over the aligned RGB crops, MSE averaged over "
-                 "pixels and channels (keras_congeal.metrics.ImageStats)",
+        "pixels and channels (keras_congeal.metrics.ImageStats)",
         "landmark_error_percent": "Table 2: for canthus_rr, canthus_ll and nose (frame "
-                                  "coordinates = landmarks.tsv x 0.6) mapped into the aligned "
-                                  "crop by inv(B @ T_i), the mean distance to their mean, "
-                                  "averaged over the 3 landmarks, / mean eye-to-eye distance",
+        "coordinates = landmarks.tsv x 0.6) mapped into the aligned "
+        "crop by inv(B @ T_i), the mean distance to their mean, "
+        "averaged over the 3 landmarks, / mean eye-to-eye distance",
         "content_scale_median": "median of 1/sqrt|det J| of T_i at the crop centre "
-                                "(metrics.content_scale): < 1 zoom-out, > 1 zoom-in",
+        "(metrics.content_scale): < 1 zoom-out, > 1 zoom-in",
         "crop_matrix": "B, pixel src_from_dst crop -> 150x150 frame (x = column, y = row, "
-                       "pixel centres at integers); crop edges meet the box edges",
+        "pixel centres at integers); crop edges meet the box edges",
         "seconds": "wall clock of the method on this machine (keras_congeal: fit + align; "
-                   "rasl: RASL + the final RGB warp)",
-    })
-    landmarks = read_landmarks(data_dir)
-    log(f"LFW: {data_dir}; writing {path}")
-    for subject in args.subjects:
-        frames, names = load_subject(data_dir, subject, args.limit)
-        store.images[f"{subject}/frame_mean"] = np.clip(
-            np.round(frames.astype("float64").mean(axis=0)), 0, 255).astype(np.uint8)
-        for init in args.inits:
-            run_cell(store, frames, names, landmarks, subject, init, args, log)
-    common.write_npz_atomic(store.images_path, store.images)
-    store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    report(store.results, store.images, args.methods, prefix, log)
-    return 0
+        "rasl: RASL + the final RGB warp)",
+    }
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--data",
+            default=None,
+            help="the lfw4 folder (default: $KERAS_CONGEAL_DATA/lfw4, then ../shared/data/lfw4)",
+        )
+        parser.add_argument(
+            "--subjects",
+            nargs="+",
+            default=list(SUBJECTS),
+            help="subject folders (default: the paper's four)",
+        )
+        parser.add_argument(
+            "--inits",
+            type=float,
+            nargs="+",
+            default=[0.0, 0.15, 0.30],
+            help="box enlargements (default: 0 0.15 0.30, the paper's)",
+        )
+        parser.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+        parser.add_argument(
+            "--setting",
+            type=_parse_setting,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a CongealSettings field for keras_congeal, e.g. "
+            "transform=similarity or learning_rate=1e-4 (repeatable; "
+            "recorded in the JSON's config)",
+        )
+        parser.add_argument(
+            "--min-steps",
+            type=int,
+            default=None,
+            help="raise a cell's epochs until it trains at least this many "
+            "batches (small subjects have 1 batch an epoch; default: the "
+            "lfw preset's min_steps)",
+        )
+        parser.add_argument(
+            "--monitor-size",
+            type=int,
+            default=128,
+            help="images whose APSNR/scale fit_congealer logs each epoch (default 128; 0: none)",
+        )
+        parser.add_argument(
+            "--limit", type=int, default=None, help="first N frames of each subject (default: all)"
+        )
+        parser.add_argument(
+            "--name", default="lfw", help="file name prefix of the outputs (default: lfw)"
+        )
+
+    def check_arguments(self, args, parser):
+        if args.size < 8:
+            parser.error(f"--size must be at least 8, received {args.size}")
+        if any(not 0 <= i < 1.2 for i in args.inits):
+            parser.error(
+                f"--inits must be in [0, 1.2) (the box must fit the frame), received {args.inits}"
+            )
+        try:
+            congeal_settings(args)
+        except (ValueError, TypeError) as error:
+            parser.error(f"--setting: {error}")
+        if args.limit is not None and args.limit < 2:
+            parser.error("--limit must be at least 2")
+        if "/" in args.name or not args.name.startswith("lfw"):
+            parser.error(f"--name must be a file name starting with 'lfw', received {args.name!r}")
+
+    def name(self, args):
+        return args.name
+
+    def open_data(self, args):
+        data_dir = resolve_lfw(args.data)
+        missing = [s for s in args.subjects if not (data_dir / s).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"no folder for --subjects {missing} in {data_dir}")
+        return data_dir
+
+    def config(self, args):
+        return {
+            "size": args.size,
+            "limit": args.limit,
+            "congeal_settings": congeal_settings(args).to_dict(),
+            "congeal_epochs_overridden": args.epochs is not None,
+            "rasl": {
+                "stop_delta": args.rasl_stop_delta,
+                "max_iter": args.rasl_max_iter,
+                "input": "greyscale crops",
+                "resample": "bilinear",
+                "min_ink": 1.0,
+                "blas_threads": 1,
+            },
+            "landmarks": list(LANDMARKS),
+            "landmark_scale": LANDMARK_SCALE,
+            "viola_jones_enlargement": VIOLA_JONES_ENLARGEMENT,
+        }
+
+    def run_fields(self, args, data_dir):
+        return {
+            "subjects": args.subjects,
+            "inits": args.inits,
+            "methods": args.methods,
+            "data": common.portable_path(data_dir),
+        }
+
+    def cells(self, args, data_dir, images):
+        """The (subject, init) cells; each subject's mean frame goes to `images`."""
+        landmarks = read_landmarks(data_dir)
+        for subject in args.subjects:
+            frames, names = load_subject(data_dir, subject, args.limit)
+            images[f"{subject}/frame_mean"] = np.clip(
+                np.round(frames.astype("float64").mean(axis=0)), 0, 255
+            ).astype(np.uint8)
+            for init in args.inits:
+                yield protocol.Cell(
+                    name=f"{subject} init {init:g}",
+                    key=lambda method, s=subject, i=init: entry_key(s, i, method),
+                    prepare=lambda s=subject, i=init, f=frames, n=names: self._prepare(
+                        f, n, landmarks, s, i, args
+                    ),
+                )
+
+    def _prepare(self, frames, names, landmarks, subject, init, args):
+        """`(fields, inputs)` of one cell: the crops of the initial box, and
+        the annotated frames' indices and landmarks."""
+        matrix = crop_matrix(frames.shape[1], args.size, init)
+        crops = crop_frames(frames, matrix, args.size)
+        index = np.array([i for i, name in enumerate(names) if name in landmarks], dtype=int)
+        points = (
+            np.stack([landmarks[names[i]] for i in index])
+            if len(index)
+            else np.zeros((0, len(LANDMARKS), 2))
+        )
+        fields = {
+            "subject": subject,
+            "init": init,
+            "images": len(frames),
+            "images_with_landmarks": int(len(index)),
+            "crop_matrix": matrix,
+            "box": box_corners(frames.shape[1], init),
+            "frame_size": int(frames.shape[1]),
+        }
+        return fields, {"crops": crops, "cell": {**fields, "index": index, "points": points}}
+
+    def run_method(self, method, inputs, args):
+        return RUNNERS[method](inputs["crops"], args, inputs["cell"])
+
+    def measure(self, inputs, key, output):
+        cell = inputs["cell"]
+        measures = measure(
+            inputs["crops"],
+            output["aligned"],
+            output["transforms"],
+            cell["crop_matrix"],
+            (cell["index"], cell["points"]),
+        )
+        mean = measures.pop("_mean")
+        return measures, {key: np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)}
+
+    def describe(self, e):
+        return (
+            f"{e['subject']:18s} init {e['init']:<4g} {e['method']:15s} APSNR "
+            f"{e['apsnr']:6.2f} dB  landmarks {common.fmt(e['landmark_error_percent'])}%  "
+            f"scale {e['content_scale_median']:.3f}  {e['seconds']:7.1f} s"
+        )
 
 
-def _load_images(path):
-    if not os.path.exists(path):
-        return {}
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+# `main(argv=None) -> int`: the command line.
+main = LFWProtocol().main
 
 
 if __name__ == "__main__":

@@ -35,20 +35,23 @@ Usage:
     python -m benchmarks.mnist_protocols --quick --report-only
 """
 
-import argparse
 import hashlib
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, protocol
 
 SCHEMA = "keras_congeal.mnist_protocols/1"
 METHODS = (
-    "input", "oracle", "rasl-euclidean", "rasl-affine", "lsc-affine", "kc-D+C", "kc-D", "kc-C",
+    "input",
+    "oracle",
+    "rasl-euclidean",
+    "rasl-affine",
+    "lsc-affine",
+    "kc-D+C",
+    "kc-D",
+    "kc-C",
 )
 MODES = {
     "quick": {"n": 1000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
@@ -56,9 +59,14 @@ MODES = {
 }
 # Which entry keys the figures show, in order.
 LABELS = {
-    "input": "input", "oracle": "oracle", "rasl-euclidean": "RASL eucl.",
-    "rasl-affine": "RASL affine", "lsc-affine": "LSC affine", "kc-D+C": "KC D+C",
-    "kc-D": "KC D", "kc-C": "KC C",
+    "input": "input",
+    "oracle": "oracle",
+    "rasl-euclidean": "RASL eucl.",
+    "rasl-affine": "RASL affine",
+    "lsc-affine": "LSC affine",
+    "kc-D+C": "KC D+C",
+    "kc-D": "KC D",
+    "kc-C": "KC C",
 }
 
 
@@ -75,37 +83,54 @@ def cell_seed(seed, digit, sigma):
 
 
 def _run_input(x, matrices, args):
-    return {"aligned": x, "transforms": np.tile(np.eye(3), (len(x), 1, 1)), "mask": None,
-            "extra": {}}
+    return {
+        "aligned": x,
+        "transforms": np.tile(np.eye(3), (len(x), 1, 1)),
+        "mask": None,
+        "extra": {},
+    }
 
 
 def _run_oracle(x, matrices, args):
     from keras_congeal.data import oracle_align
 
-    return {"aligned": oracle_align(x, matrices), "transforms": np.linalg.inv(matrices),
-            "mask": None, "extra": {}}
+    return {
+        "aligned": oracle_align(x, matrices),
+        "transforms": np.linalg.inv(matrices),
+        "mask": None,
+        "extra": {},
+    }
 
 
 def _run_rasl(transform):
     def run(x, matrices, args):
         from benchmarks.baselines import run_rasl
 
-        result = run_rasl(x, transform=transform, max_iter=args.rasl_max_iter,
-                          stop_delta=args.rasl_stop_delta, data_range=1.0,
-                          resample="bilinear")
+        result = run_rasl(
+            x,
+            transform=transform,
+            max_iter=args.rasl_max_iter,
+            stop_delta=args.rasl_stop_delta,
+            data_range=1.0,
+            resample="bilinear",
+        )
         info = result["info"]
         return {
-            "aligned": result["aligned"], "transforms": result["transforms"],
+            "aligned": result["aligned"],
+            "transforms": result["transforms"],
             "mask": result["kept_mask"],
             "extra": {
                 "iterations": result["iterations"],
                 "capped": result["iterations"] >= args.rasl_max_iter,
-                "guards": info["guards"], "num_kept": info["num_kept"],
-                "settings": {k: info[k] for k in ("transform", "stop_delta", "max_iter",
-                                                  "min_ink", "resample")},
+                "guards": info["guards"],
+                "num_kept": info["num_kept"],
+                "settings": {
+                    k: info[k]
+                    for k in ("transform", "stop_delta", "max_iter", "min_ink", "resample")
+                },
                 "note": "APSNR, ink and scale over the kept images only (RASL drops images "
-                        "whose ink sum < 1, i.e. perturbed out of the frame); apsnr_all "
-                        "counts the dropped images unaligned.",
+                "whose ink sum < 1, i.e. perturbed out of the frame); apsnr_all "
+                "counts the dropped images unaligned.",
             },
         }
 
@@ -117,9 +142,13 @@ def _run_lsc(x, matrices, args):
 
     result = run_lsc(x, transform="affine")
     return {
-        "aligned": result["aligned"], "transforms": result["transforms"], "mask": None,
-        "extra": {"iterations": result["iterations"],
-                  "reference_index": result["info"].get("reference_index")},
+        "aligned": result["aligned"],
+        "transforms": result["transforms"],
+        "mask": None,
+        "extra": {
+            "iterations": result["iterations"],
+            "reference_index": result["info"].get("reference_index"),
+        },
     }
 
 
@@ -138,8 +167,10 @@ def _run_congealer(objective):
         reference = np.asarray(keras.ops.convert_to_numpy(model.reference))[..., 0]
         keras.backend.clear_session()
         return {
-            "aligned": result["aligned"][..., 0], "transforms": result["transforms"],
-            "mask": None, "reference": reference,
+            "aligned": result["aligned"][..., 0],
+            "transforms": result["transforms"],
+            "mask": None,
+            "reference": reference,
             "extra": {
                 "reference_index": _index_of(x, reference),
                 "settings": settings.to_dict(),
@@ -147,7 +178,7 @@ def _run_congealer(objective):
                 "train_images_per_second": settings.epochs * len(x) / fit_seconds,
                 "history": history,
                 "note": "history: per epoch losses, and APSNR/ink/scale of a fixed "
-                        "512-image sample (fit_congealer's AlignmentMonitor)",
+                "512-image sample (fit_congealer's AlignmentMonitor)",
             },
         }
 
@@ -180,70 +211,11 @@ def _settings(args):
     return settings
 
 
-# === Protocol ===
-
-
-def run_cell(store, images, digit, sigma, args, log):
-    """Runs the missing methods of one (digit, sigma) cell; returns their keys."""
-    from keras_congeal.data import perspective_perturbation
-
-    todo = [m for m in args.methods if not store.done(entry_key(digit, sigma, m))
-            or (args.retry_failed
-                and store.get(entry_key(digit, sigma, m)).get("status", "ok") != "ok")]
-    if not todo:
-        log(f"digit {digit} sigma {sigma:g}: done, skipped")
-        return []
-    seed = cell_seed(args.seed, digit, sigma)
-    originals = images[digit]
-    perturbed, matrices = perspective_perturbation(originals, sigma, seed=seed)
-    x = perturbed.astype("float32") / 255.0
-    data = {
-        "digit": digit, "sigma": sigma, "n": len(x), "perturbation_seed": seed,
-        "images_sha1": hashlib.sha1(perturbed.tobytes()).hexdigest(),
-        "apsnr_unperturbed": common.alignment_measures(
-            originals / 255.0, originals / 255.0, None)["apsnr"],
-    }
-    done = []
-    for method in todo:
-        key = entry_key(digit, sigma, method)
-        start = time.perf_counter()
-        try:
-            output = RUNNERS[method](x, matrices, args)
-        except Exception as error:  # a method that breaks on a cell is a result too
-            entry = {**data, "method": method, "status": f"failed: {type(error).__name__}: "
-                     f"{str(error)[:300]}", "seconds": time.perf_counter() - start,
-                     "apsnr": None, "ink_kept": None, "content_scale_median": None,
-                     "images": len(x), "images_kept": None}
-            store.put(key, entry)
-            done.append(key)
-            log(f"digit {digit} sigma {sigma:g} {method:15s} {entry['status']}")
-            continue
-        seconds = time.perf_counter() - start
-        measures = common.alignment_measures(x, output["aligned"], output["transforms"],
-                                             output["mask"])
-        mean, var = measures.pop("_mean"), measures.pop("_var")
-        entry = {**data, "method": method, "status": "ok", **measures, "seconds": seconds,
-                 "max_rss_bytes": common.rss_bytes(), **output["extra"]}
-        store.put(key, entry)
-        store.images[f"{key}/mean"] = mean
-        store.images[f"{key}/var"] = var
-        if output.get("reference") is not None:
-            # Every keras_congeal objective of a cell aligns to the same image.
-            store.images[f"digit{digit}/sigma{sigma:g}/kc-reference"] = output["reference"]
-        common.write_npz_atomic(store.images_path, store.images)
-        done.append(key)
-        log(f"digit {digit} sigma {sigma:g} {method:15s} APSNR {entry['apsnr']:6.2f} dB  "
-            f"ink {entry['ink_kept']:.2f}  scale {common.fmt(entry['content_scale_median'])}  "
-            f"kept {entry['images_kept']}/{entry['images']}  {seconds:7.1f} s")
-    return done
-
-
 # === Report ===
 
 
-def _mean(values):
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(values)) if values else None
+# The measures of `summary_rows`, averaged over the digits.
+_AVERAGED = ("apsnr", "ink_kept", "content_scale_median", "seconds", "images_kept", "images")
 
 
 def summary_rows(results, sigmas, methods):
@@ -251,29 +223,37 @@ def summary_rows(results, sigmas, methods):
     rows = []
     for sigma in sigmas:
         for method in methods:
-            entries = [e for e in results.values()
-                       if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9]
+            entries = [
+                e
+                for e in results.values()
+                if e["method"] == method and abs(e["sigma"] - sigma) < 1e-9
+            ]
             if not entries:
                 continue
             failed = [e for e in entries if e.get("status", "ok") != "ok"]
             entries = [e for e in entries if e.get("status", "ok") == "ok"]
             if not entries:
-                rows.append({"sigma": sigma, "method": method, "digits": [], "failed": len(
-                    failed), **dict.fromkeys(("apsnr", "ink_kept", "content_scale_median",
-                                              "seconds", "images_kept", "images")),
-                             "capped": False})
+                rows.append(
+                    {
+                        "sigma": sigma,
+                        "method": method,
+                        "digits": [],
+                        "failed": len(failed),
+                        **dict.fromkeys(_AVERAGED),
+                        "capped": False,
+                    }
+                )
                 continue
-            rows.append({
-                "sigma": sigma, "method": method, "digits": sorted(e["digit"] for e in entries),
-                "apsnr": _mean([e["apsnr"] for e in entries]),
-                "ink_kept": _mean([e["ink_kept"] for e in entries]),
-                "content_scale_median": _mean([e["content_scale_median"] for e in entries]),
-                "seconds": _mean([e["seconds"] for e in entries]),
-                "images_kept": _mean([e["images_kept"] for e in entries]),
-                "images": _mean([e["images"] for e in entries]),
-                "capped": any(e.get("capped") for e in entries),
-                "failed": len(failed),
-            })
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "method": method,
+                    "digits": sorted(e["digit"] for e in entries),
+                    **{name: protocol.mean_of([e[name] for e in entries]) for name in _AVERAGED},
+                    "capped": any(e.get("capped") for e in entries),
+                    "failed": len(failed),
+                }
+            )
     return rows
 
 
@@ -286,16 +266,26 @@ def tables(results, methods):
         mark = "*" if r["method"].startswith("rasl") else ""
         mark += " (capped)" if r["capped"] else ""
         mark += f" ({r['failed']} failed)" if r["failed"] else ""
-        rows.append([
-            f"{r['sigma']:g}", r["method"], " ".join(map(str, r["digits"])),
-            common.fmt(r["apsnr"]) + mark, common.fmt(r["ink_kept"]),
-            common.fmt(r["content_scale_median"]),
-            f"{common.fmt(r['images_kept'], 0)}/{common.fmt(r['images'], 0)}",
-            common.fmt(r["seconds"], 1),
-        ])
-    text = ["### Averaged over digits", "", common.markdown_table(
-        ["sigma", "method", "digits", "APSNR dB", "ink kept", "scale", "kept/N", "seconds"],
-        rows)]
+        rows.append(
+            [
+                f"{r['sigma']:g}",
+                r["method"],
+                " ".join(map(str, r["digits"])),
+                common.fmt(r["apsnr"]) + mark,
+                common.fmt(r["ink_kept"]),
+                common.fmt(r["content_scale_median"]),
+                f"{common.fmt(r['images_kept'], 0)}/{common.fmt(r['images'], 0)}",
+                common.fmt(r["seconds"], 1),
+            ]
+        )
+    text = [
+        "### Averaged over digits",
+        "",
+        common.markdown_table(
+            ["sigma", "method", "digits", "APSNR dB", "ink kept", "scale", "kept/N", "seconds"],
+            rows,
+        ),
+    ]
     for sigma in sigmas:
         body = []
         for method in methods:
@@ -307,16 +297,25 @@ def tables(results, methods):
                 elif e.get("status", "ok") != "ok":
                     cells.append("failed")
                 else:
-                    cells.append(f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
-                                 f"{common.fmt(e['content_scale_median'])})")
+                    cells.append(
+                        f"{common.fmt(e['apsnr'])} ({common.fmt(e['ink_kept'])}, "
+                        f"{common.fmt(e['content_scale_median'])})"
+                    )
             if any(c != "-" for c in cells):
                 body.append([method, *cells])
-        text += ["", f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)", "",
-                 common.markdown_table(["method", *map(str, digits)], body)]
-    text += ["", "`*` RASL: over the images it kept (it drops images perturbed out of the "
-             "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
-             "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
-             "what). scale: median content scale (1 = unchanged, < 1 = shrunk)."]
+        text += [
+            "",
+            f"### sigma = {sigma:g}, digit by digit: APSNR dB (ink kept, scale)",
+            "",
+            common.markdown_table(["method", *map(str, digits)], body),
+        ]
+    text += [
+        "",
+        "`*` RASL: over the images it kept (it drops images perturbed out of the "
+        "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
+        "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
+        "what). scale: median content scale (1 = unchanged, < 1 = shrunk).",
+    ]
     return "\n".join(text)
 
 
@@ -324,14 +323,8 @@ def plot_panels(results, images, out_prefix, methods):
     """One PNG per sigma like the paper's Figs. 4-5: rows = digits, and for
     each method a mean and a variance column with its APSNR; plus an ablation
     PNG of variances (input, D, C, D+C) like Fig. 6. Returns the paths."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -r benchmarks/requirements.txt)",
-              file=sys.stderr)
+    plt = protocol.pyplot()
+    if plt is None:
         return []
     paths = []
     sigmas = sorted({e["sigma"] for e in results.values()})
@@ -340,20 +333,30 @@ def plot_panels(results, images, out_prefix, methods):
     for sigma in sigmas:
         panels = (("", methods, ("mean", "var")), ("_ablation", ablation, ("var",)))
         for name, shown, kinds in panels:
-            shown = [m for m in shown
-                     if any(entry_key(d, sigma, m) in results for d in digits)]
+            shown = [m for m in shown if any(entry_key(d, sigma, m) in results for d in digits)]
             if not shown or (name and len(shown) < 2):
                 continue
-            has_reference = any(
-                f"digit{d}/sigma{sigma:g}/kc-reference" in images for d in digits)
+            has_reference = any(f"digit{d}/sigma{sigma:g}/kc-reference" in images for d in digits)
             cols = len(shown) * len(kinds) + int(has_reference)
-            fig, axes = plt.subplots(len(digits), cols, squeeze=False,
-                                     figsize=(0.8 * cols + 0.2, 0.95 * len(digits) + 0.8))
+            fig, axes = plt.subplots(
+                len(digits),
+                cols,
+                squeeze=False,
+                figsize=(0.8 * cols + 0.2, 0.95 * len(digits) + 0.8),
+            )
             for i, digit in enumerate(digits):
                 # One variance scale per row, so that the methods compare.
-                vmax = max((float(images[f"{entry_key(digit, sigma, m)}/var"].max())
-                            for m in shown if f"{entry_key(digit, sigma, m)}/var" in images),
-                           default=1.0) or 1.0
+                vmax = (
+                    max(
+                        (
+                            float(images[f"{entry_key(digit, sigma, m)}/var"].max())
+                            for m in shown
+                            if f"{entry_key(digit, sigma, m)}/var" in images
+                        ),
+                        default=1.0,
+                    )
+                    or 1.0
+                )
                 for j, method in enumerate(shown):
                     key = entry_key(digit, sigma, method)
                     for k, kind in enumerate(kinds):
@@ -361,14 +364,25 @@ def plot_panels(results, images, out_prefix, methods):
                         ax.set_xticks([])
                         ax.set_yticks([])
                         if i == 0 and k == 0:
-                            ax.text(0.5 * len(kinds), 1.25, LABELS.get(method, method),
-                                    transform=ax.transAxes, ha="center", va="bottom",
-                                    fontsize=6, weight="bold")
+                            ax.text(
+                                0.5 * len(kinds),
+                                1.25,
+                                LABELS.get(method, method),
+                                transform=ax.transAxes,
+                                ha="center",
+                                va="bottom",
+                                fontsize=6,
+                                weight="bold",
+                            )
                         if f"{key}/{kind}" not in images:
                             ax.set_axis_off()
                             continue
-                        ax.imshow(images[f"{key}/{kind}"], cmap="gray",
-                                  vmin=0, vmax=1 if kind == "mean" else vmax)
+                        ax.imshow(
+                            images[f"{key}/{kind}"],
+                            cmap="gray",
+                            vmin=0,
+                            vmax=1 if kind == "mean" else vmax,
+                        )
                         if k == 0:
                             apsnr = common.fmt(results[key]["apsnr"], 1)
                             ax.set_title(f"{apsnr} dB", fontsize=6, pad=1)
@@ -377,169 +391,207 @@ def plot_panels(results, images, out_prefix, methods):
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if i == 0:
-                        ax.text(0.5, 1.25, "KC reference", transform=ax.transAxes,
-                                ha="center", va="bottom", fontsize=6, weight="bold")
+                        ax.text(
+                            0.5,
+                            1.25,
+                            "KC reference",
+                            transform=ax.transAxes,
+                            ha="center",
+                            va="bottom",
+                            fontsize=6,
+                            weight="bold",
+                        )
                     reference = images.get(f"digit{digit}/sigma{sigma:g}/kc-reference")
                     if reference is None:
                         ax.set_axis_off()
                     else:
                         ax.imshow(reference, cmap="gray", vmin=0, vmax=1)
             what = "variance" if name else "mean | variance"
-            fig.text(0.5, 0.995, f"perspective sigma {sigma:g}: {what} per method, one row "
-                     "per digit (APSNR above)", ha="center", va="top", fontsize=7)
-            fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
-                                top=1 - 0.75 / fig.get_figheight(), wspace=0.05, hspace=0.3)
+            fig.text(
+                0.5,
+                0.995,
+                f"perspective sigma {sigma:g}: {what} per method, one row per digit (APSNR above)",
+                ha="center",
+                va="top",
+                fontsize=7,
+            )
+            fig.subplots_adjust(
+                left=0.01,
+                right=0.99,
+                bottom=0.01,
+                top=1 - 0.75 / fig.get_figheight(),
+                wspace=0.05,
+                hspace=0.3,
+            )
             path = f"{out_prefix}_sigma{sigma:g}{name}.png"
-            fig.savefig(path, dpi=130)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(protocol.save_figure(plt, fig, path, dpi=130))
     return paths
 
 
-def report(store, methods, out_prefix, log):
-    text = tables(store.results, methods)
-    tmp = f"{out_prefix}_tables.md.tmp"
-    Path(tmp).write_text(text + "\n")
-    os.replace(tmp, f"{out_prefix}_tables.md")
-    print(text)
-    for path in plot_panels(store.results, store.images, out_prefix, methods):
-        log(f"wrote {path}")
+# === The protocol ===
 
 
-# === Command line ===
+class MnistProtocols(protocol.Protocol):
+    """Cells (digit, sigma): every method on the same perturbed digits."""
 
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.mnist_protocols",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
+    module = "benchmarks.mnist_protocols"
+    schema = SCHEMA
+    methods = METHODS
+    images_suffix = "_images"
+    data_name = "MNIST"
+    record_failures = True
+    epochs_help = (
+        "keras_congeal epochs (default: CongealSettings' own; a smaller value is "
+        "recorded in the JSON's config)"
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
-                      help="N = 1000 per digit (CPU budget)")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="N = 6000 per digit (the paper's)")
-    parser.add_argument("--digits", type=int, nargs="+", help="digits (default: 0-9)")
-    parser.add_argument("--sigmas", type=float, nargs="+",
-                        help="perturbation sigmas (default: 0 0.1 0.2 0.3)")
-    parser.add_argument("--n", type=int, help="images per digit (default: 1000 quick, 6000 full)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"some of {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="keras_congeal epochs (default: CongealSettings' own; a smaller "
-                             "value is recorded in the JSON's config)")
-    parser.add_argument("--rasl-max-iter", type=int, default=1000,
-                        help="RASL outer iterations at most (default 1000, rasl's own)")
-    parser.add_argument("--rasl-stop-delta", type=float, default=0.005,
-                        help="RASL stopping threshold (default 0.005, its digit example)")
-    parser.add_argument("--mnist", default=None,
-                        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, then "
-                             "../shared/data)")
-    parser.add_argument("--output-dir", default=str(common.RESULTS_DIR))
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the results file, skipping finished entries")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="with --resume, run again the entries whose method failed")
-    parser.add_argument("--report-only", action="store_true",
-                        help="only rebuild the tables and figures from the results file")
-    parser.add_argument("--backend-note", default=None,
-                        help="free text stored with the run (e.g. 'shared 2-core CPU')")
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    mode = MODES[args.mode]
-    args.digits = args.digits if args.digits is not None else mode["digits"]
-    args.sigmas = args.sigmas if args.sigmas is not None else mode["sigmas"]
-    args.n = args.n if args.n is not None else mode["n"]
-    if any(not 0 <= d <= 9 for d in args.digits):
-        parser.error(f"--digits must be in 0..9, received {args.digits}")
-    if any(not 0 <= s < 1 for s in args.sigmas):
-        parser.error(f"--sigmas must be in [0, 1), received {args.sigmas}")
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown --methods {unknown}; expected some of {list(METHODS)}")
-    if args.n < 2:
-        parser.error("--n must be at least 2")
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be >= 1")
-    if args.rasl_max_iter < 1:
-        parser.error("--rasl-max-iter must be >= 1")
-    args.methods = [m for m in METHODS if m in args.methods]
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = str(out_dir / f"mnist_protocols_{args.mode}")
-    config = {
-        "mode": args.mode, "n": args.n, "seed": args.seed,
-        "congeal_settings": _settings(args).to_dict(),
-        "congeal_epochs_overridden": args.epochs is not None,
-        # RASL's iteration cap is per entry (`max_iter`, `capped`): a later
-        # --resume may run RASL with another cap.
-        "rasl": {"stop_delta": args.rasl_stop_delta, "resample": "bilinear", "min_ink": 1.0,
-                 "blas_threads": 1},
-        "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
-    }
-    path = Path(prefix + ".json")
-    if args.report_only:
-        if not path.exists():
-            parser.error(f"--report-only: {path} does not exist")
-        store = _ReportView(path)
-        report(store, args.methods, prefix, log)
-        return 0
-    run = common.run_record(
-        argv if argv is not None else sys.argv[1:], module="benchmarks.mnist_protocols",
-        note=args.backend_note)
-    run.update(digits=args.digits, sigmas=args.sigmas, methods=args.methods)
-    try:
-        store = common.ResultStore(path, SCHEMA, config, run, resume=args.resume)
-    except ValueError as error:
-        parser.error(str(error))
-    store.images_path = prefix + "_images.npz"
-    store.images = _load_images(store.images_path) if args.resume else {}
-    store.set("measures", {
+    rasl_stop_delta_help = "RASL stopping threshold (default 0.005, its digit example)"
+    measures = {
         "apsnr": "Eq. 9 on the 0..255 scale over the aligned set (RASL: kept images only)",
         "apsnr_all": "Eq. 9 over all N images (RASL's dropped images unaligned)",
         "ink_kept": "sum(aligned) / sum(perturbed input) over the (kept) set",
         "content_scale_median": "median of 1/sqrt|det J| of the src_from_dst transforms at "
-                                "the image centre (metrics.content_scale); < 1 = shrunk",
+        "the image centre (metrics.content_scale); < 1 = shrunk",
         "seconds": "wall clock of the method on this machine (keras_congeal: fit + align)",
-    })
-    from keras_congeal.data import mnist_digit_subset
+    }
+    tables = staticmethod(tables)
+    plot_panels = staticmethod(plot_panels)
 
-    mnist = common.resolve_mnist(args.mnist)
-    log(f"MNIST: {mnist}; writing {path}")
-    images = {d: mnist_digit_subset(d, args.n, seed=args.seed, path=mnist) for d in args.digits}
-    for digit in args.digits:
-        for sigma in args.sigmas:
-            run_cell(store, images, digit, sigma, args, log)
-    store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    # The tables and figures are of the whole file, which a --resume run
-    # extends: every method in it, not only this run's.
-    present = {entry.get("method") for entry in store.results.values()}
-    report(store, [m for m in METHODS if m in present], prefix, log)
-    return 0
+    def add_arguments(self, parser):
+        mode = parser.add_mutually_exclusive_group(required=True)
+        mode.add_argument(
+            "--quick",
+            action="store_const",
+            const="quick",
+            dest="mode",
+            help="N = 1000 per digit (CPU budget)",
+        )
+        mode.add_argument(
+            "--full",
+            action="store_const",
+            const="full",
+            dest="mode",
+            help="N = 6000 per digit (the paper's)",
+        )
+        parser.add_argument("--digits", type=int, nargs="+", help="digits (default: 0-9)")
+        parser.add_argument(
+            "--sigmas", type=float, nargs="+", help="perturbation sigmas (default: 0 0.1 0.2 0.3)"
+        )
+        parser.add_argument(
+            "--n", type=int, help="images per digit (default: 1000 quick, 6000 full)"
+        )
+        parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
+        parser.add_argument(
+            "--mnist",
+            default=None,
+            help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, then ../shared/data)",
+        )
+
+    def check_arguments(self, args, parser):
+        mode = MODES[args.mode]
+        args.digits = args.digits if args.digits is not None else mode["digits"]
+        args.sigmas = args.sigmas if args.sigmas is not None else mode["sigmas"]
+        args.n = args.n if args.n is not None else mode["n"]
+        if any(not 0 <= d <= 9 for d in args.digits):
+            parser.error(f"--digits must be in 0..9, received {args.digits}")
+        if any(not 0 <= s < 1 for s in args.sigmas):
+            parser.error(f"--sigmas must be in [0, 1), received {args.sigmas}")
+        if args.n < 2:
+            parser.error("--n must be at least 2")
+
+    def name(self, args):
+        return f"mnist_protocols_{args.mode}"
+
+    def open_data(self, args):
+        return common.resolve_mnist(args.mnist)
+
+    def config(self, args):
+        return {
+            "mode": args.mode,
+            "n": args.n,
+            "seed": args.seed,
+            "congeal_settings": _settings(args).to_dict(),
+            "congeal_epochs_overridden": args.epochs is not None,
+            # RASL's iteration cap is per entry (`max_iter`, `capped`): a later
+            # --resume may run RASL with another cap.
+            "rasl": {
+                "stop_delta": args.rasl_stop_delta,
+                "resample": "bilinear",
+                "min_ink": 1.0,
+                "blas_threads": 1,
+            },
+            "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
+        }
+
+    def run_fields(self, args, data):
+        return {"digits": args.digits, "sigmas": args.sigmas, "methods": args.methods}
+
+    def cells(self, args, mnist, images):
+        """The (digit, sigma) cells: the digit's subset, perturbed with the cell's seed."""
+        from keras_congeal.data import mnist_digit_subset
+
+        for digit in args.digits:
+            originals = mnist_digit_subset(digit, args.n, seed=args.seed, path=mnist)
+            for sigma in args.sigmas:
+                yield protocol.Cell(
+                    name=f"digit {digit} sigma {sigma:g}",
+                    key=lambda method, d=digit, s=sigma: entry_key(d, s, method),
+                    prepare=lambda d=digit, s=sigma, o=originals: self._prepare(o, d, s, args),
+                )
+
+    def _prepare(self, originals, digit, sigma, args):
+        """`(fields, inputs)` of one cell: the perturbed digits, in [0, 1]."""
+        from keras_congeal.data import perspective_perturbation
+
+        seed = cell_seed(args.seed, digit, sigma)
+        perturbed, matrices = perspective_perturbation(originals, sigma, seed=seed)
+        x = perturbed.astype("float32") / 255.0
+        fields = {
+            "digit": digit,
+            "sigma": sigma,
+            "n": len(x),
+            "perturbation_seed": seed,
+            "images_sha1": hashlib.sha1(perturbed.tobytes()).hexdigest(),
+            "apsnr_unperturbed": common.alignment_measures(
+                originals / 255.0, originals / 255.0, None
+            )["apsnr"],
+        }
+        return fields, {"x": x, "matrices": matrices, "digit": digit, "sigma": sigma}
+
+    def run_method(self, method, inputs, args):
+        return RUNNERS[method](inputs["x"], inputs["matrices"], args)
+
+    def measure(self, inputs, key, output):
+        """APSNR, ink and scale of one output; its mean and variance images."""
+        measures = common.alignment_measures(
+            inputs["x"], output["aligned"], output["transforms"], output["mask"]
+        )
+        images = {f"{key}/mean": measures.pop("_mean"), f"{key}/var": measures.pop("_var")}
+        if output.get("reference") is not None:
+            # Every keras_congeal objective of a cell aligns to the same image.
+            cell = f"digit{inputs['digit']}/sigma{inputs['sigma']:g}"
+            images[f"{cell}/kc-reference"] = output["reference"]
+        return measures, images
+
+    def failed_measures(self, inputs):
+        return {
+            "apsnr": None,
+            "ink_kept": None,
+            "content_scale_median": None,
+            "images": len(inputs["x"]),
+            "images_kept": None,
+        }
+
+    def describe(self, e):
+        return (
+            f"digit {e['digit']} sigma {e['sigma']:g} {e['method']:15s} APSNR "
+            f"{e['apsnr']:6.2f} dB  ink {e['ink_kept']:.2f}  scale "
+            f"{common.fmt(e['content_scale_median'])}  kept {e['images_kept']}/"
+            f"{e['images']}  {e['seconds']:7.1f} s"
+        )
 
 
-def _load_images(path):
-    if not os.path.exists(path):
-        return {}
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
-class _ReportView:
-    def __init__(self, path):
-        self.results = common.read_json(path)["results"]
-        self.images = _load_images(str(path)[: -len(".json")] + "_images.npz")
+# `main(argv=None) -> int`: the command line.
+main = MnistProtocols().main
 
 
 if __name__ == "__main__":

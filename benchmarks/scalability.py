@@ -344,11 +344,7 @@ def plot(results, methods, ns, path):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.scalability", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
-    )
+    parser = common.script_parser("benchmarks.scalability", __doc__)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode")
     mode.add_argument("--full", action="store_const", const="full", dest="mode")
@@ -401,9 +397,7 @@ def main(argv=None) -> int:
         parser.error("--ns must be >= 2")
     methods = [m for m in METHODS if m in args.methods]
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
+    log = common.log
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / f"scalability_{args.mode}"
@@ -418,9 +412,8 @@ def main(argv=None) -> int:
     # The parent never imports Keras: a child's ru_maxrss starts from its
     # parent's resident size at fork (Linux keeps it across exec), so a parent
     # holding TensorFlow would pollute every child's peak.
-    run = common.run_record(
-        argv if argv is not None else sys.argv[1:], module="benchmarks.scalability",
-        with_keras=False, note=args.backend_note)
+    run = common.run_record(argv, module="benchmarks.scalability", with_keras=False,
+                            note=args.backend_note)
     run.update(ns=ns, methods=methods, budget_s=budget, timeout_s=timeout)
     try:
         store = common.ResultStore(f"{prefix}.json", SCHEMA, config, run, resume=args.resume)

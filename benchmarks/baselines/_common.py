@@ -1,5 +1,5 @@
 """NumPy helpers shared by the baselines: input checks, a bilinear warp in the
-project's convention, resource measurements and the alignment measures.
+project's convention, the time and memory of a run and the alignment measures.
 
 Convention (the one of `keras_congeal.ops.geometry`): pixel coordinates,
 `x` = column, `y` = row, pixel centres at integers; a matrix `src_from_dst`
@@ -13,8 +13,9 @@ No Keras here: the baselines run without a Keras backend. The alignment
 measures are the package's own (`keras_congeal.metrics` is NumPy only).
 """
 
-import resource
-import sys
+import contextlib
+import time
+import tracemalloc
 
 import numpy as np
 
@@ -28,7 +29,7 @@ __all__ = [
     "infer_data_range",
     "pixel_grid",
     "warp_bilinear",
-    "max_rss_bytes",
+    "measured_run",
 ]
 
 # Homographies are evaluated with the perspective divide clamped away from
@@ -143,11 +144,26 @@ def _warp_chunk(flat, matrices, grid, height, width):
     return out
 
 
-def max_rss_bytes():
-    """High-water mark of this process's resident memory, in bytes (cheap).
+@contextlib.contextmanager
+def measured_run(trace_memory=False):
+    """Measures the block it wraps: yields a dict that holds, once the block
+    has finished, `seconds` (wall clock) and `peak_memory_bytes` (the
+    `tracemalloc` peak with `trace_memory`, which slows the block; else None).
 
-    Process-wide and monotone: it includes whatever ran before in the same
-    process, so it bounds a run's peak from above.
+    Example:
+
+    >>> with measured_run(trace_memory=True) as cost:
+    ...     aligned = warp_bilinear(images, matrices)
+    >>> cost["seconds"], cost["peak_memory_bytes"]
     """
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    cost = {"seconds": None, "peak_memory_bytes": None}
+    if trace_memory:
+        tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        yield cost
+        cost["seconds"] = time.perf_counter() - start
+    finally:
+        if trace_memory:
+            cost["peak_memory_bytes"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()

@@ -76,13 +76,11 @@ Not done: no robust (non-quadratic) error, no photometric normalisation; no
 image is dropped (`kept_mask` is all true).
 """
 
-import time
-import tracemalloc
-
 import numpy as np
 from scipy import ndimage
 
-from benchmarks.baselines._common import as_image_stack, max_rss_bytes, warp_bilinear
+from benchmarks.baselines._common import as_image_stack, measured_run, warp_bilinear
+from benchmarks.common import rss_bytes
 
 __all__ = ["TRANSFORMS", "run_lsc", "choose_reference", "params_to_offset_matrix"]
 
@@ -306,10 +304,7 @@ def run_lsc(
     if any(s < 0 for s in sigmas):
         raise ValueError(f"blur_sigmas must be >= 0, received {blur_sigmas}.")
 
-    if trace_memory:
-        tracemalloc.start()
-    start = time.perf_counter()
-    try:
+    with measured_run(trace_memory) as cost:
         stack = as_image_stack(images)
         n, height, width = stack.shape
         template, index = choose_reference(stack, reference)
@@ -335,20 +330,15 @@ def run_lsc(
                 per_level.append({"round": round_index, "sigma": sigma, "iterations": done})
                 history.append(level_history)
         aligned = warp_bilinear(stack, matrices)
-        seconds = time.perf_counter() - start
-    finally:
-        peak = tracemalloc.get_traced_memory()[1] if trace_memory else None
-        if trace_memory:
-            tracemalloc.stop()
 
     return {
         "aligned": aligned,
         "transforms": matrices,
         "kept_mask": np.ones(n, dtype=bool),
-        "seconds": seconds,
+        "seconds": cost["seconds"],
         "iterations": int(sum(level["iterations"] for level in per_level)),
-        "peak_memory_bytes": peak,
-        "max_rss_bytes": max_rss_bytes(),
+        "peak_memory_bytes": cost["peak_memory_bytes"],
+        "max_rss_bytes": rss_bytes(),
         "method": "lsc",
         "info": {
             "transform": transform,

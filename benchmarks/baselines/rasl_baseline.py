@@ -84,8 +84,6 @@ import importlib
 import io
 import os
 import re
-import time
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -93,9 +91,10 @@ import numpy as np
 from benchmarks.baselines._common import (
     as_image_stack,
     infer_data_range,
-    max_rss_bytes,
+    measured_run,
     warp_bilinear,
 )
+from benchmarks.common import rss_bytes
 
 __all__ = ["TRANSFORMS", "RASL_VERSION", "run_rasl"]
 
@@ -265,10 +264,7 @@ def run_rasl(
     counts = {"zero_norm": 0, "singular_r": 0}
     log = io.StringIO()
     iterations = 0
-    if trace_memory:
-        tracemalloc.start()
-    start = time.perf_counter()
-    try:
+    with measured_run(trace_memory) as cost:
         if len(kept_index) > 0:
             # RASL sees images with white = 1, as `img_as_float` gives it uint8 data.
             inputs = [stack[i] / white for i in kept_index]
@@ -284,20 +280,15 @@ def run_rasl(
                     aligned[i] = tform.imtransform(stack[i])
             if resample == "bilinear":
                 aligned[kept_index] = warp_bilinear(stack[kept_index], transforms[kept_index])
-        seconds = time.perf_counter() - start
-    finally:
-        peak = tracemalloc.get_traced_memory()[1] if trace_memory else None
-        if trace_memory:
-            tracemalloc.stop()
 
     return {
         "aligned": aligned,
         "transforms": transforms,
         "kept_mask": kept,
-        "seconds": seconds,
+        "seconds": cost["seconds"],
         "iterations": int(iterations),
-        "peak_memory_bytes": peak,
-        "max_rss_bytes": max_rss_bytes(),
+        "peak_memory_bytes": cost["peak_memory_bytes"],
+        "max_rss_bytes": rss_bytes(),
         "method": "rasl",
         "info": {
             "transform": transform,
