@@ -344,7 +344,11 @@ def _run_congealer(crops, args, cell):
     )
     start = time.perf_counter()
     model, history = fit_congealer(
-        crops, settings, verbose=0, monitor_size=0, callbacks=[monitor] if monitor else []
+        crops,
+        settings,
+        verbose=0,
+        monitor_size=args.monitor_size,
+        callbacks=[monitor] if monitor else [],
     )
     fit_seconds = time.perf_counter() - start
     result = model.align(crops)
@@ -771,8 +775,10 @@ class LFWProtocol(protocol.Protocol):
         parser.add_argument(
             "--monitor-size",
             type=int,
-            default=128,
-            help="images whose APSNR/scale fit_congealer logs each epoch (default 128; 0: none)",
+            default=0,
+            help="images of a random sample whose APSNR/scale fit_congealer logs each epoch "
+            "into the cell's history (default 0: none; the landmark trajectory is logged "
+            "on the annotated crops whatever this is)",
         )
         parser.add_argument(
             "--limit", type=int, default=None, help="first N frames of each subject (default: all)"
