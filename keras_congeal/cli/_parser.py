@@ -1,8 +1,9 @@
-"""The argument parser class of every command line of the package."""
+"""The argument parser class of every command line of the package, and the
+argument types they share."""
 
 import argparse
 
-__all__ = ["OneLineParser"]
+__all__ = ["OneLineParser", "count_or"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -18,5 +19,37 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.error_prog = error_prog
 
+    @property
+    def program(self):
+        """The program named in error messages (`keras-congeal`, or the
+        program of a stand-alone entry point)."""
+        return self.error_prog or self.prog
+
     def error(self, message):
-        self.exit(2, f"{self.error_prog or self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.program}: error: {message} (see --help)\n")
+
+
+def count_or(keyword, keyword_value, message):
+    """An argument type: `keyword` (read as `keyword_value`) or an integer >= 1.
+
+    Args:
+        keyword: str. The word accepted besides a count (`"all"`, `"dynamic"`).
+        keyword_value: what `keyword` is read as.
+        message: str. The error for anything else, formatted with `value`.
+
+    Returns:
+        A function for `add_argument(type=...)`.
+    """
+
+    def parse(value):
+        if value == keyword:
+            return keyword_value
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise argparse.ArgumentTypeError(message.format(value=value))
+        return count
+
+    return parse

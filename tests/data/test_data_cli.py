@@ -1,4 +1,5 @@
-"""`python -m keras_congeal.data`, run in-process on a tiny synthetic MNIST."""
+"""The `data` command (`keras_congeal.cli.data`), run in-process on a tiny
+synthetic MNIST; its entry points in a real process."""
 
 import os
 import subprocess
@@ -9,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_congeal.data import __main__ as cli
-from keras_congeal.data import load_mnist, mnist_digit_indices, perspective_perturbation
+from keras_congeal.cli import data as cli
+from keras_congeal.data import load_mnist, mnist_digit_indices, perspective_perturbation, perturb
 
 
 def _run(*args):
@@ -117,7 +118,7 @@ def test_failure_midway_leaves_nothing(fake_mnist, tmp_path, monkeypatch):
         yield np.zeros((chunk_size, 28, 28), np.uint8), np.zeros((chunk_size, 3, 3))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "iter_perspective_perturbation", failing)
+    monkeypatch.setattr(perturb, "iter_perspective_perturbation", failing)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(RuntimeError, match="disk on fire"):
