@@ -49,8 +49,9 @@ Exit status: 0 done; 1 bad input or output (one line on stderr, nothing
 written); 2 bad arguments; 130 interrupted (congeal: --resume continues).
 The commands' own --help pages say the rest (export and data: their statuses).
 
-Modules: one per command (`congeal`, `align`, `export`, `data`: each adds its
-parser and runs it), `_parser` (the parser class every command line uses),
+Modules: one per command (`congeal`, `align`, `export`, `data`: each defines
+its `Command`: arguments, checks, run), `_parser` (`Command` and the parser
+class of every command line),
 `_image_command` (what congeal and align share: input checks before the
 frameworks load, errors as exit statuses), `_settings_flags`, `_frameworks`,
 `_inputs`, `_aligning`, `_report`, `_train_and_align`.
@@ -71,9 +72,8 @@ from keras_congeal.cli._settings_flags import SETTING_FLAGS
 
 __all__ = ["PROG", "SETTING_FLAGS", "build_parser", "main", "start_up_noise"]
 
-# The commands, in the order `--help` lists them: each module has
-# `add_parser(commands)` and `run(parser, args)`.
-COMMANDS = (congeal, align, export, data)
+# The commands, in the order `--help` lists them.
+COMMANDS = (congeal.COMMAND, align.COMMAND, export.COMMAND, data.COMMAND)
 
 
 def build_parser():
@@ -93,9 +93,7 @@ def build_parser():
                                      parser_class=functools.partial(OneLineParser,
                                                                     error_prog=PROG))
     for command in COMMANDS:
-        command_parser = command.add_parser(commands)
-        # Its errors and messages name the program `keras-congeal`.
-        command_parser.set_defaults(run=functools.partial(command.run, command_parser))
+        command.add_to(commands)  # its errors name the program `keras-congeal`
     return parser
 
 

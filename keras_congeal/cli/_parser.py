@@ -2,8 +2,10 @@
 argument types they share."""
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 
-__all__ = ["OneLineParser", "count_or"]
+__all__ = ["Command", "OneLineParser", "count_or"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,3 +55,54 @@ def count_or(keyword, keyword_value, message):
         return count
 
     return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command of `keras-congeal`, and of its own program where it has one.
+
+    Attributes:
+        name: str. The subcommand (`keras-congeal NAME`).
+        summary: str. Its line in `keras-congeal --help`.
+        description: str. The first line of its own `--help`.
+        add_arguments: `add_arguments(parser)` adds its arguments.
+        run: `run(parser, args)` -> exit status; `parser` reports bad
+            arguments and names the program in messages.
+        doc: str or None. Its module's docstring: the usage examples after
+            its "Usage:" close its `--help`.
+        program: str or None. Its own program (`python -m keras_congeal.data`).
+    """
+
+    name: str
+    summary: str
+    description: str
+    add_arguments: Callable
+    run: Callable
+    doc: str | None = None
+    program: str | None = None
+
+    def _page(self):
+        page = {"description": self.description}
+        if self.doc and "Usage:" in self.doc:
+            page["epilog"] = self.doc.split("Usage:", 1)[1]
+            page["formatter_class"] = argparse.RawDescriptionHelpFormatter
+        return page
+
+    def add_to(self, commands):
+        """Adds the command to `commands` (an `add_subparsers` result); its
+        parser runs it (`args.run(args)`)."""
+        parser = commands.add_parser(self.name, help=self.summary, **self._page())
+        self.add_arguments(parser)
+        parser.set_defaults(run=lambda args: self.run(parser, args))
+        return parser
+
+    def program_parser(self):
+        """The parser of the command as its own program."""
+        parser = OneLineParser(prog=self.program, **self._page())
+        self.add_arguments(parser)
+        return parser
+
+    def main(self, argv=None) -> int:
+        """Runs the command as its own program; returns the exit status."""
+        parser = self.program_parser()
+        return self.run(parser, parser.parse_args(argv))

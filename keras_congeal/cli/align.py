@@ -13,26 +13,20 @@ from keras_congeal.cli._image_command import (
     check_limit,
     run_on_images,
 )
+from keras_congeal.cli._parser import Command
 
-__all__ = ["add_parser", "run", "run_align"]
+__all__ = ["COMMAND", "run", "run_align"]
 
 
-def add_parser(commands):
-    """Adds the `align` command to `commands` (an `add_subparsers` result)."""
+def _add_arguments(parser):
     from keras_congeal.constants import ALIGN_BATCH_SIZE
 
-    parser = commands.add_parser(
-        "align", help="align images with a trained model (no training)",
-        description="Align INPUT with the Congealer in MODEL and write the aligned set, the "
-        "transforms, a report and figures into DIR.",
-    )
     parser.add_argument("model", metavar="MODEL", help="a model.keras written by congeal")
     parser.add_argument("input", metavar="INPUT",
                         help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files")
     add_input_output_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=ALIGN_BATCH_SIZE, metavar="N",
                         help=f"images per forward pass (default: {ALIGN_BATCH_SIZE})")
-    return parser
 
 
 def run(parser, args) -> int:
@@ -121,3 +115,11 @@ def run_align(args, out, inputs):
     for line in summary_lines(report, out.path):
         print(line)
     return 0
+
+
+COMMAND = Command(
+    name="align", summary="align images with a trained model (no training)",
+    description="Align INPUT with the Congealer in MODEL and write the aligned set, the "
+    "transforms, a report and figures into DIR.",
+    add_arguments=_add_arguments, run=run,
+)

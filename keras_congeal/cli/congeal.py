@@ -7,27 +7,21 @@ from keras_congeal.cli._image_command import (
     check_limit,
     run_on_images,
 )
-from keras_congeal.cli._parser import count_or
+from keras_congeal.cli._parser import Command, count_or
 from keras_congeal.cli._settings_flags import (
     SETTING_FLAGS,
     add_setting_arguments,
     given_settings,
 )
 
-__all__ = ["add_parser", "run"]
+__all__ = ["COMMAND", "run"]
 
 _devices = count_or("all", "all", "expected 'all' or an integer >= 1, received {value!r}")
 
 
-def add_parser(commands):
-    """Adds the `congeal` command to `commands` (an `add_subparsers` result)."""
+def _add_arguments(parser):
     from keras_congeal.constants import ALIGN_BATCH_SIZE
 
-    parser = commands.add_parser(
-        "congeal", help="train on an image set and align it",
-        description="Train a Congealer on INPUT (no labels) and write the aligned set, "
-        "the transforms, the model, a report and figures into DIR.",
-    )
     parser.add_argument(
         "input", nargs="?", metavar="INPUT",
         help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files; none: the "
@@ -54,7 +48,6 @@ def add_parser(commands):
     multi.add_argument("--process-id", type=int, metavar="I",
                        help="this process's index, 0 to N-1 (0 writes the outputs)")
     add_setting_arguments(parser)
-    return parser
 
 
 def _check_multi_host(parser, args):
@@ -105,3 +98,11 @@ def run(parser, args) -> int:
     return run_on_images(args, out, work,
                          after_frameworks_load=(lambda: _initialize_multi_host(args))
                          if multi_host else None)
+
+
+COMMAND = Command(
+    name="congeal", summary="train on an image set and align it",
+    description="Train a Congealer on INPUT (no labels) and write the aligned set, the "
+    "transforms, the model, a report and figures into DIR.",
+    add_arguments=_add_arguments, run=run,
+)

@@ -48,17 +48,16 @@ Exit status: 0 written; 2 bad arguments, an existing output (without
 `--overwrite`) or no readable MNIST (one line on stderr, nothing written).
 """
 
-import argparse
 import contextlib
 import os
 
 import numpy as np
 
 from keras_congeal.cli._frameworks import load_frameworks
-from keras_congeal.cli._parser import OneLineParser
+from keras_congeal.cli._parser import Command
 from keras_congeal.io.atomic import atomic_file
 
-__all__ = ["PROG", "add_parser", "build_parser", "main", "run"]
+__all__ = ["COMMAND", "PROG", "run"]
 
 # The stand-alone program.
 PROG = "python -m keras_congeal.data"
@@ -67,24 +66,6 @@ DESCRIPTION = "Generate perturbed MNIST, affNIST-like or infiMNIST-like digits."
 
 _DATASETS = ("mnist", "affnist", "infimnist")
 _EXTENSIONS = (".npy", ".h5", ".hdf5")
-
-
-def add_parser(commands):
-    """Adds the `data` command to `commands` (an `add_subparsers` result)."""
-    parser = commands.add_parser(
-        "data", help="generate the paper's digit data sets from a local MNIST",
-        description=DESCRIPTION, epilog=__doc__.split("Usage:", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(parser)
-    return parser
-
-
-def build_parser():
-    """The parser of the stand-alone program `python -m keras_congeal.data`."""
-    parser = OneLineParser(prog=PROG, description=DESCRIPTION)
-    _add_arguments(parser)
-    return parser
 
 
 def _add_arguments(parser):
@@ -261,7 +242,8 @@ def run(parser, args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """The stand-alone program: `python -m keras_congeal.data ARGS`."""
-    parser = build_parser()
-    return run(parser, parser.parse_args(argv))
+COMMAND = Command(
+    name="data", summary="generate the paper's digit data sets from a local MNIST",
+    description=DESCRIPTION, add_arguments=_add_arguments, run=run, doc=__doc__,
+    program=PROG,
+)

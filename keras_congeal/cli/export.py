@@ -22,12 +22,11 @@ Exit status: 0 written; 1 bad model or output, or a failed export (one line on
 stderr, nothing written); 2 bad arguments.
 """
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from keras_congeal.cli._parser import OneLineParser, count_or
+from keras_congeal.cli._parser import Command, count_or
 from keras_congeal.export.contract import ExportError
 from keras_congeal.export.onnx import (
     DEFAULT_OPSET,
@@ -41,7 +40,7 @@ from keras_congeal.export.onnx import (
 )
 from keras_congeal.export.triton import DEFAULT_MAX_BATCH_SIZE
 
-__all__ = ["PROG", "add_parser", "build_parser", "main", "run"]
+__all__ = ["COMMAND", "PROG", "run"]
 
 # The stand-alone program (`python -m keras_congeal.export`).
 PROG = "keras-congeal-export"
@@ -49,26 +48,6 @@ PROG = "keras-congeal-export"
 DESCRIPTION = "Export a trained Congealer (.keras) to ONNX (docs/onnx_contract.md)."
 
 _batch = count_or("dynamic", None, "expected 'dynamic' or a positive integer, got {value!r}")
-
-
-def add_parser(commands):
-    """Adds the `export` command to `commands` (an `add_subparsers` result)."""
-    parser = commands.add_parser(
-        "export", help="export a trained model to ONNX (and a Triton repository)",
-        description=DESCRIPTION, epilog=__doc__.split("Usage:", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(parser)
-    return parser
-
-
-def build_parser():
-    """The parser of the stand-alone program `keras-congeal-export`."""
-    parser = OneLineParser(prog=PROG, description=DESCRIPTION,
-                           epilog=__doc__.split("Usage:", 1)[1],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    return parser
 
 
 def _add_arguments(parser):
@@ -170,7 +149,8 @@ def run(parser, args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """The stand-alone program: `python -m keras_congeal.export ARGS`."""
-    parser = build_parser()
-    return run(parser, parser.parse_args(argv))
+COMMAND = Command(
+    name="export", summary="export a trained model to ONNX (and a Triton repository)",
+    description=DESCRIPTION, add_arguments=_add_arguments, run=run, doc=__doc__,
+    program=PROG,
+)

@@ -47,8 +47,9 @@ __all__ = [
 
 
 def main(argv=None) -> int:
-    """`keras-congeal-export ARGS`: see `keras_congeal.cli.export`."""
+    """`keras-congeal-export ARGS` (`keras-congeal export ARGS` under its own
+    program name): see `keras_congeal.cli.export`."""
     # Imported here: the command line imports this package.
-    from keras_congeal.cli.export import main
+    from keras_congeal.cli.export import COMMAND
 
-    return main(argv)
+    return COMMAND.main(argv)

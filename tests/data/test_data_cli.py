@@ -15,7 +15,7 @@ from keras_congeal.data import load_mnist, mnist_digit_indices, perspective_pert
 
 
 def _run(*args):
-    return cli.main([str(a) for a in args] + ["--quiet"])
+    return cli.COMMAND.main([str(a) for a in args] + ["--quiet"])
 
 
 def test_mnist_writes_images_transforms_originals(fake_mnist, tmp_path):
@@ -168,5 +168,5 @@ def test_subcommand_and_module_write_the_same_files(fake_mnist, tmp_path):
 
 def test_chunk_size_help_shows_the_generators_default(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--help"])
+        cli.COMMAND.main(["--help"])
     assert f"CHUNK_SIZE, {perturb.CHUNK_SIZE})" in " ".join(capsys.readouterr().out.split())
