@@ -51,8 +51,7 @@ def test_as_float_images_scales_and_adds_the_channel_axis():
     floats = np.array([[[0.25]]], np.float64)
     np.testing.assert_array_equal(as_float_images(floats), [[[[0.25]]]])
     # An explicit range wins over the dtype's.
-    np.testing.assert_array_equal(as_float_images(np.array([[[50]]], np.uint8), 100.0),
-                                  [[[[0.5]]]])
+    np.testing.assert_array_equal(as_float_images(np.array([[[50]]], np.uint8), 100.0), [[[[0.5]]]])
 
 
 # === ImageBatches: contiguous batches, lazily read ===
@@ -65,7 +64,8 @@ def test_in_order_batches_are_the_slices():
     assert [_image_ids(b) for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     for batch, start in zip(batches, (0, 4, 8), strict=True):
         np.testing.assert_array_equal(
-            batch, COUNTING[start:start + 4, ..., None].astype(np.float32) / 255.0)
+            batch, COUNTING[start : start + 4, ..., None].astype(np.float32) / 255.0
+        )
         assert batch.dtype == np.float32
 
 
@@ -143,11 +143,9 @@ def test_drop_remainder_skips_the_last_smaller_batch():
 
 def test_multiple_of_cuts_the_last_batch():
     # 10 images, batches of 4: the last (2 images) is cut to a multiple of 4: dropped.
-    assert [len(b) for b in _batches(ImageBatches(COUNTING, 4, False, multiple_of=4))] == \
-        [4, 4]
+    assert [len(b) for b in _batches(ImageBatches(COUNTING, 4, False, multiple_of=4))] == [4, 4]
     # 10 images, batches of 6: the last (4) stays; of 7 images, 1 is cut from it.
-    assert [len(b) for b in _batches(ImageBatches(COUNTING, 6, False, multiple_of=2))] == \
-        [6, 4]
+    assert [len(b) for b in _batches(ImageBatches(COUNTING, 6, False, multiple_of=2))] == [6, 4]
     seven = ImageBatches(COUNTING[:7], 4, False, multiple_of=2)
     assert [_image_ids(b) for b in _batches(seven)] == [[0, 1, 2, 3], [4, 5]]
 
@@ -167,14 +165,17 @@ def test_processes_read_equal_slices_of_each_batch():
 # === Errors ===
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"images": COUNTING[:0]}, "`images` is empty"),
-    ({"batch_size": 0}, "batch_size >= 1, received 0"),
-    ({"batch_size": 5, "multiple_of": 2}, r"batch_size \(5\) to be a multiple of multiple_of"),
-    ({"batch_size": 4, "multiple_of": 0}, "multiple_of"),
-    ({"batch_size": 4, "multiple_of": 4, "process": (2, 2)}, r"Invalid process=\(2, 2\)"),
-    ({"batch_size": 4, "multiple_of": 2, "process": (0, 4)}, "multiple of count"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"images": COUNTING[:0]}, "`images` is empty"),
+        ({"batch_size": 0}, "batch_size >= 1, received 0"),
+        ({"batch_size": 5, "multiple_of": 2}, r"batch_size \(5\) to be a multiple of multiple_of"),
+        ({"batch_size": 4, "multiple_of": 0}, "multiple_of"),
+        ({"batch_size": 4, "multiple_of": 4, "process": (2, 2)}, r"Invalid process=\(2, 2\)"),
+        ({"batch_size": 4, "multiple_of": 2, "process": (0, 4)}, "multiple of count"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     kwargs = {"images": COUNTING, **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -208,8 +209,9 @@ def test_device_batches_equal_the_host_batches(monkeypatch):
         device = DeviceImageBatches(images, 4, True, seed=9, multiple_of=2)
         assert str(device.device_images.dtype) == "uint8"  # uploaded as it is
         for _ in range(2):
-            for a, (b,) in zip(_batches(host), [device[i] for i in range(len(device))],
-                               strict=True):
+            for a, (b,) in zip(
+                _batches(host), [device[i] for i in range(len(device))], strict=True
+            ):
                 np.testing.assert_allclose(np.asarray(b), a, rtol=0, atol=1e-7)
             host.on_epoch_end()
             device.on_epoch_end()

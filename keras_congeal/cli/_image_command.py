@@ -13,18 +13,33 @@ PROG = "keras-congeal"
 
 
 def add_input_output_arguments(parser):
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="output directory; built in DIR.partial/, renamed to DIR when "
-                        "complete")
-    parser.add_argument("--key", help="the array of an .npz, or the dataset of an HDF5 "
-                        "file (needed when it holds several)")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="use only the first N images (a quick try on a big set)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing DIR (removed only once the new result "
-                        "is complete)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars or notes; the summary is still printed")
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="output directory; built in DIR.partial/, renamed to DIR when complete",
+    )
+    parser.add_argument(
+        "--key",
+        help="the array of an .npz, or the dataset of an HDF5 file (needed when it holds several)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="use only the first N images (a quick try on a big set)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing DIR (removed only once the new result is complete)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or notes; the summary is still printed",
+    )
 
 
 def check_limit(parser, args):

@@ -22,11 +22,17 @@ def _add_arguments(parser):
     from keras_congeal.constants import ALIGN_BATCH_SIZE
 
     parser.add_argument("model", metavar="MODEL", help="a model.keras written by congeal")
-    parser.add_argument("input", metavar="INPUT",
-                        help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files")
+    parser.add_argument(
+        "input", metavar="INPUT", help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files"
+    )
     add_input_output_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=ALIGN_BATCH_SIZE, metavar="N",
-                        help=f"images per forward pass (default: {ALIGN_BATCH_SIZE})")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=ALIGN_BATCH_SIZE,
+        metavar="N",
+        help=f"images per forward pass (default: {ALIGN_BATCH_SIZE})",
+    )
 
 
 def run(parser, args) -> int:
@@ -36,10 +42,16 @@ def run(parser, args) -> int:
     check_limit(parser, args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, received {args.batch_size}")
-    out = AtomicOutputDir(args.output, overwrite=args.overwrite, resume=False,
-                          protect=[args.input, args.model], resumable=False)
-    return run_on_images(args, out, lambda out, inputs: run_align(args, out, inputs),
-                         model=args.model)
+    out = AtomicOutputDir(
+        args.output,
+        overwrite=args.overwrite,
+        resume=False,
+        protect=[args.input, args.model],
+        resumable=False,
+    )
+    return run_on_images(
+        args, out, lambda out, inputs: run_align(args, out, inputs), model=args.model
+    )
 
 
 def _check_image_shape(model, inputs, model_name):
@@ -86,8 +98,9 @@ def run_align(args, out, inputs):
     partial = out.begin()
     try:
         say(f"aligning {inputs.describe()} with {args.model}")
-        meter, align_seconds = align_into(model, inputs, partial, args.batch_size,
-                                          verbose=not args.quiet)
+        meter, align_seconds = align_into(
+            model, inputs, partial, args.batch_size, verbose=not args.quiet
+        )
         reference = ops.convert_to_numpy(model.reference)
         write_figures(partial, inputs, meter, reference, "reference (of the model)")
         if inputs.filenames is not None:
@@ -103,8 +116,7 @@ def run_align(args, out, inputs):
             "image_shape": list(inputs.image_shape),
             "dtype": inputs.dtype.name,
             **summary,
-            "seconds": {"aligning": align_seconds,
-                        "total": time.perf_counter() - start_time},
+            "seconds": {"aligning": align_seconds, "total": time.perf_counter() - start_time},
             "batch_size": args.batch_size,
         }
         write_report(out, report)
@@ -118,8 +130,10 @@ def run_align(args, out, inputs):
 
 
 COMMAND = Command(
-    name="align", summary="align images with a trained model (no training)",
+    name="align",
+    summary="align images with a trained model (no training)",
     description="Align INPUT with the Congealer in MODEL and write the aligned set, the "
     "transforms, a report and figures into DIR.",
-    add_arguments=_add_arguments, run=run,
+    add_arguments=_add_arguments,
+    run=run,
 )
