@@ -37,10 +37,15 @@ def user_env(pythonpath=()):
             "KERAS_BACKEND": keras.backend.backend()}
 
 
-def congeal(args, cwd, pythonpath=(), timeout=180):
+def keras_congeal(args, cwd, pythonpath=(), timeout=180, program=None):
+    """Runs `keras-congeal ARGS` (or `program ARGS`, a list) in a real process."""
     env = user_env(pythonpath)
-    return subprocess.run([*entry_point(), "congeal", *map(str, args)], capture_output=True,
+    return subprocess.run([*(program or entry_point()), *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def congeal(args, cwd, pythonpath=(), timeout=180):
+    return keras_congeal(["congeal", *args], cwd, pythonpath, timeout)
 
 
 def png_header(path, width, height, grey=True):
@@ -282,3 +287,68 @@ def test_devices_flag_errors_are_one_line(tmp_path):
     many = congeal(["--output", tmp_path / "out", "--devices", "64"], tmp_path)
     _one_line(many, "--devices 64: only 1 local device(s) found")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+# === The export and data commands: checked before any framework loads ===
+
+
+def _export_and_data_errors(tmp_path):
+    """`(arguments, exit status, message)` of bad export and data commands."""
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read: the output is checked first")
+    (tmp_path / "taken.onnx").write_bytes(b"keep me")
+    return [
+        (["export", "missing.keras", "out.onnx"], 1,
+         "model file not found: missing.keras"),
+        (["export", model, "taken.onnx"], 1, "already exists"),
+        (["export", model, "out.onnx", "--batch", "0"], 2,
+         "argument --batch: expected 'dynamic' or a positive integer, got '0'"),
+        (["export", model, "out.onnx", "--triton-name", "x"], 2,
+         "--triton-name needs --triton-repo"),
+        (["data", "mnist", "--digit", "12", "--n", "1", "--output", "x.npy"], 2,
+         "--digit must be in 0..9, received 12"),
+        (["data", "affnist", "--digit", "1", "--n", "4", "--sigma", "0.1",
+          "--output", "x.npy"], 2, "--sigma applies to mnist only, not affnist"),
+        (["data", "mnist", "--digit", "1", "--n", "4", "--output", "x.txt"], 2,
+         "'x.txt' (images) must end with one of .npy, .h5, .hdf5"),
+    ]
+
+
+def test_export_and_data_subcommands_report_errors_in_one_line(tmp_path, no_frameworks):
+    for argv, status, message in _export_and_data_errors(tmp_path):
+        before = sorted(os.listdir(tmp_path))
+        result = keras_congeal(argv, cwd=tmp_path, pythonpath=[no_frameworks], timeout=60)
+        assert result.returncode == status, (argv, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("keras-congeal: error: "), result.stderr
+        assert message in lines[0], (argv, result.stderr)
+        assert sorted(os.listdir(tmp_path)) == before, argv
+
+
+@pytest.mark.parametrize("command, program", [
+    ("export", ["-m", "keras_congeal.export"]),
+    ("data", ["-m", "keras_congeal.data"]),
+])
+def test_old_entry_points_give_the_same_errors_under_their_own_name(tmp_path, command,
+                                                                      program):
+    name = "keras-congeal-export" if command == "export" else "python -m keras_congeal.data"
+    for argv, status, message in _export_and_data_errors(tmp_path):
+        if argv[0] != command:
+            continue
+        result = keras_congeal(argv[1:], cwd=tmp_path, program=[sys.executable, *program],
+                               timeout=120)
+        assert result.returncode == status, (argv, result.stderr)
+        # The data package imports Keras: its start-up lines may come first.
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"{name}: error: ") and message in last, result.stderr
+
+
+def test_subcommand_help_lists_every_command(tmp_path, no_frameworks):
+    result = keras_congeal(["--help"], cwd=tmp_path, pythonpath=[no_frameworks], timeout=60)
+    assert result.returncode == 0, result.stderr
+    for command in ("congeal", "align", "export", "data"):
+        assert f"\n    {command} " in result.stdout, result.stdout
+    for command, flag in (("export", "--triton-repo"), ("data", "--transforms")):
+        result = keras_congeal([command, "--help"], cwd=tmp_path, pythonpath=[no_frameworks],
+                               timeout=60)
+        assert result.returncode == 0 and flag in result.stdout, result.stderr

@@ -334,3 +334,19 @@ def test_module_entry_point_reports_a_missing_file(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith(f"model file not found: {tmp_path / 'none.keras'}")
+
+
+def test_subcommand_exports_in_a_real_process(saved_model, tmp_path):
+    # `keras-congeal export`: the same command as `python -m keras_congeal.export`.
+    from tests.test_cli_process import keras_congeal
+
+    result = keras_congeal(["export", saved_model, "aligner.onnx", "--batch", "2",
+                            "--triton-repo", "repo"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "verified 28x28/batch2" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["aligner.onnx", "repo"]
+    images = np.random.default_rng(0).random((2, *MNIST), dtype=np.float32)
+    aligned, transforms = _run(tmp_path / "aligner.onnx", images)
+    expected = congealer("mnist", "affine", MNIST).align(images)
+    np.testing.assert_allclose(aligned, expected["aligned"], atol=1e-4)
+    _assert_transforms_close(transforms, expected["transforms"])

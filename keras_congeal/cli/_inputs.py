@@ -50,12 +50,6 @@ class InputSet:
     def close(self):
         self.source.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
 
 def open_input(path, key=None, limit=None):
     """Opens INPUT (or the demo when `path` is None), checks its values.

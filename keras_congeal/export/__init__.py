@@ -7,8 +7,8 @@ Modules:
 * `onnx`: the conversion (`to_onnx`) and the file (`export_onnx`);
 * `verify`: onnxruntime against Keras (`verify_onnx`);
 * `triton`: a Triton model repository entry;
-* `cli`: the command line, `python -m keras_congeal.export` or
-  `keras-congeal-export` (see its docstring for examples);
+* `main`: the command line, `keras-congeal export`, also `python -m
+  keras_congeal.export` or `keras-congeal-export` (`keras_congeal.cli.export`);
 * `_tf_ops`: the TensorFlow warp that becomes one ONNX `GridSample`, and its
   tf2onnx handler (imported only while exporting: it needs TensorFlow).
 
@@ -20,7 +20,6 @@ Example:
 >>> result = export_onnx("runs/digits/model.keras", "aligner.onnx", any_size=True)
 """
 
-from keras_congeal.export.cli import main
 from keras_congeal.export.contract import FORMAT_VERSION, ExportError
 from keras_congeal.export.onnx import (
     SAMPLERS,
@@ -45,3 +44,12 @@ __all__ = [
     "verify_onnx",
     "write_triton_repo",
 ]
+
+
+def main(argv=None) -> int:
+    """`keras-congeal-export ARGS` (`keras-congeal export ARGS` under its own
+    program name): see `keras_congeal.cli.export`."""
+    # Imported here: the command line imports this package.
+    from keras_congeal.cli.export import COMMAND
+
+    return COMMAND.main(argv)

@@ -11,7 +11,7 @@ with the Keras model before it is written (atomically).
 The exported graph needs the TensorFlow backend (tf2onnx converts TensorFlow
 graphs); the model may have been trained on any backend. From Python, set
 `KERAS_BACKEND=tensorflow` before importing Keras; the command line
-(`keras_congeal.export.cli`) selects TensorFlow itself.
+(`keras_congeal.cli.export`) selects TensorFlow itself.
 """
 
 import contextlib

@@ -1,4 +1,5 @@
-"""`python -m keras_congeal.data`, run in-process on a tiny synthetic MNIST."""
+"""The `data` command (`keras_congeal.cli.data`), run in-process on a tiny
+synthetic MNIST; its entry points in a real process."""
 
 import os
 import subprocess
@@ -9,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_congeal.data import __main__ as cli
-from keras_congeal.data import load_mnist, mnist_digit_indices, perspective_perturbation
+from keras_congeal.cli import data as cli
+from keras_congeal.data import load_mnist, mnist_digit_indices, perspective_perturbation, perturb
 
 
 def _run(*args):
-    return cli.main([str(a) for a in args] + ["--quiet"])
+    return cli.COMMAND.main([str(a) for a in args] + ["--quiet"])
 
 
 def test_mnist_writes_images_transforms_originals(fake_mnist, tmp_path):
@@ -117,7 +118,7 @@ def test_failure_midway_leaves_nothing(fake_mnist, tmp_path, monkeypatch):
         yield np.zeros((chunk_size, 28, 28), np.uint8), np.zeros((chunk_size, 3, 3))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "iter_perspective_perturbation", failing)
+    monkeypatch.setattr(perturb, "iter_perspective_perturbation", failing)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -136,3 +137,36 @@ def test_module_entry_point(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("python -m keras_congeal.data: error")
     assert os.listdir(tmp_path) == []
+
+
+def test_subcommand_and_module_write_the_same_files(fake_mnist, tmp_path):
+    # `keras-congeal data` and `python -m keras_congeal.data`, in real processes.
+    from tests.test_cli_process import keras_congeal
+
+    args = ["mnist", "--digit", 4, "--n", 12, "--sigma", 0.1, "--seed", 3, "--mnist",
+            fake_mnist, "--chunk-size", 5, "--quiet"]
+    written = {}
+    for name, command in (("sub", None), ("module", [sys.executable, "-m",
+                                                     "keras_congeal.data"])):
+        out = tmp_path / name
+        out.mkdir()
+        files = ["--output", out / "x.npy", "--transforms", out / "t.h5"]
+        argv = [*args, *files] if command else ["data", *args, *files]
+        result = keras_congeal(argv, cwd=tmp_path, program=command)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("t.h5"), result.stdout
+        with h5py.File(out / "t.h5") as f:
+            written[name] = np.load(out / "x.npy"), f["transforms"][:]
+    (x_train, y_train), _ = load_mnist(fake_mnist)
+    expected, matrices = perspective_perturbation(
+        x_train[mnist_digit_indices(y_train, 4, 12, 3)], 0.1, seed=3)
+    for images, transforms in written.values():
+        np.testing.assert_array_equal(transforms, matrices)
+        assert images.shape == (12, 28, 28) and np.abs(images.astype(int) - expected).max() <= 1
+    np.testing.assert_array_equal(written["sub"][0], written["module"][0])
+
+
+def test_chunk_size_help_shows_the_generators_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.COMMAND.main(["--help"])
+    assert f"CHUNK_SIZE, {perturb.CHUNK_SIZE})" in " ".join(capsys.readouterr().out.split())

@@ -1,82 +1,21 @@
-"""What `congeal` and `align` share: opening the input, aligning it into the
-output directory chunk by chunk, the figures, `report.json` and the summary."""
+"""The record of a run in its output directory and on the terminal: the
+figures, `report.json` (and other JSON files), and the end-of-run summary."""
 
 import datetime
 import json
 import math
 import os
-import time
 
 import keras
 import numpy as np
 
 import keras_congeal
-from keras_congeal.datasets import as_float_images
 from keras_congeal.figures import mean_variance_figure, reference_figure, samples_figure
-from keras_congeal.io import (
-    InputError,
-    NpyWriter,
-)
-from keras_congeal.metrics import AlignmentMeter
 
-__all__ = [
-    "align_into",
-    "check_model_input",
-    "write_figures",
-    "write_json",
-    "report_header",
-    "summary_lines",
-]
+__all__ = ["report_header", "summary_lines", "write_figures", "write_json", "write_report"]
 
 # Images shown in samples.png.
 SAMPLES = 16
-
-
-def _restore(aligned, dtype):
-    """Aligned floats in [0, 1] -> the output dtype (uint8 rounded, else float32)."""
-    if dtype == np.uint8:
-        return np.clip(np.rint(aligned * 255.0), 0, 255).astype(np.uint8)
-    return aligned.astype(np.float32)
-
-
-def align_into(model, inputs, directory, batch_size, verbose):
-    """Aligns `inputs` with `model`, writing `aligned.npy` and `transforms.npy`.
-
-    Reads, aligns and writes `batch_size` images at a time, so memory stays
-    bounded. The statistics are measured on what is written (uint8 output
-    after rounding).
-
-    Args:
-        model: a `Congealer`.
-        inputs: an `InputSet`.
-        directory: str. Where to write.
-        batch_size: int. Images per forward pass.
-        verbose: bool. Show a `keras.utils.Progbar`.
-
-    Returns:
-        `(meter, seconds)`: the `AlignmentMeter` (on the input's and the
-        output's values, in the input's range) and the wall time.
-    """
-    start_time = time.perf_counter()
-    images = inputs.images
-    count = inputs.count
-    out_dtype = np.uint8 if inputs.dtype == np.uint8 else np.float32
-    meter = AlignmentMeter(data_range=inputs.data_range)
-    progress = keras.utils.Progbar(count, verbose=1 if verbose else 0, unit_name="image")
-    aligned_path = os.path.join(directory, "aligned.npy")
-    transforms_path = os.path.join(directory, "transforms.npy")
-    with NpyWriter(aligned_path, images.shape, out_dtype) as aligned_out, \
-            NpyWriter(transforms_path, (count, 3, 3), np.float64) as transforms_out:
-        for start in range(0, count, batch_size):
-            raw = np.asarray(images[start:start + batch_size])
-            batch = as_float_images(raw, inputs.data_range)
-            result = model.align(batch, batch_size=batch_size)
-            aligned = _restore(result["aligned"], out_dtype).reshape(raw.shape)
-            aligned_out.write(aligned)
-            transforms_out.write(result["transforms"])
-            meter.update(raw, aligned, result["transforms"])
-            progress.add(len(raw))
-    return meter, time.perf_counter() - start_time
 
 
 def write_figures(directory, inputs, meter, reference, reference_label):
@@ -127,22 +66,19 @@ def report_header(command):
     }
 
 
-def format_seconds(seconds):
+def write_report(out, report, scratch=()):
+    """Lists the files of `out.partial` (but `scratch`) in `report["files"]`,
+    with `report.json`, and writes `report` there as `report.json`."""
+    files = set(os.listdir(out.partial)) - set(scratch) | {"report.json"}
+    report["files"] = sorted(files)
+    write_json(out.file("report.json"), report)
+
+
+def _format_seconds(seconds):
     if seconds < 120:
         return f"{seconds:.1f} s"
     minutes, seconds = divmod(seconds, 60)
     return f"{int(minutes)} min {seconds:.0f} s"
-
-
-def check_model_input(model, inputs, model_name):
-    """Raises `InputError` unless the images have the model's shape."""
-    expected = tuple(model.image_shape)
-    if tuple(inputs.image_shape) != expected:
-        got = "x".join(map(str, inputs.image_shape))
-        raise InputError(
-            f"{inputs.source.name}: images are {got} (height x width x channels), but "
-            f"{model_name} was trained on {'x'.join(map(str, expected))}"
-        )
 
 
 def _plural(count, noun):
@@ -203,9 +139,9 @@ def summary_lines(report, output):
     if "training" in seconds:
         resumed = report.get("resumed_from_epoch")
         note = f", resumed after epoch {resumed}" if resumed is not None else ""
-        parts.append(f"training {format_seconds(seconds['training'])}{note}")
-    parts.append(f"aligning {format_seconds(seconds['aligning'])}")
-    parts.append(f"total {format_seconds(seconds['total'])}")
+        parts.append(f"training {_format_seconds(seconds['training'])}{note}")
+    parts.append(f"aligning {_format_seconds(seconds['aligning'])}")
+    parts.append(f"total {_format_seconds(seconds['total'])}")
     lines.append(f"  time       {', '.join(parts)} ({report['backend']} backend)")
     lines.append(f"  outputs    {output}{os.sep}: {' '.join(report['files'])}")
     return lines

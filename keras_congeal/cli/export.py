@@ -1,30 +1,32 @@
-"""The export's command line: `python -m keras_congeal.export`, installed as
-`keras-congeal-export`.
+"""The `export` command: a trained Congealer (.keras) to ONNX
+(docs/onnx_contract.md), optionally with a Triton model repository entry.
 
 Usage:
 
     # Dynamic batch, training size, opset 17, verified against Keras:
-    python -m keras_congeal.export congealer.keras aligner.onnx
+    keras-congeal export congealer.keras aligner.onnx
 
     # Any input size (the graph resizes a copy to predict the transform and
     # warps the full-resolution input), plus a Triton model repository:
-    python -m keras_congeal.export congealer.keras aligner.onnx --any-size \\
+    keras-congeal export congealer.keras aligner.onnx --any-size \\
         --triton-repo model_repository --triton-name faces
 
     # A fixed batch of 64, gather-based sampler (runtimes without GridSample):
-    keras-congeal-export congealer.keras aligner.onnx --batch 64 \\
+    keras-congeal export congealer.keras aligner.onnx --batch 64 \\
         --sampler gather --opset 13 --overwrite
+
+The same command, under its own program name: `python -m keras_congeal.export`
+and `keras-congeal-export` (same arguments).
 
 Exit status: 0 written; 1 bad model or output, or a failed export (one line on
 stderr, nothing written); 2 bad arguments.
 """
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from keras_congeal.cli._parser import OneLineParser
+from keras_congeal.cli._parser import Command, count_or
 from keras_congeal.export.contract import ExportError
 from keras_congeal.export.onnx import (
     DEFAULT_OPSET,
@@ -38,30 +40,17 @@ from keras_congeal.export.onnx import (
 )
 from keras_congeal.export.triton import DEFAULT_MAX_BATCH_SIZE
 
-__all__ = ["PROG", "main"]
+__all__ = ["COMMAND", "PROG", "run"]
 
+# The stand-alone program (`python -m keras_congeal.export`).
 PROG = "keras-congeal-export"
 
+DESCRIPTION = "Export a trained Congealer (.keras) to ONNX (docs/onnx_contract.md)."
 
-def _batch(value):
-    if value == "dynamic":
-        return None
-    try:
-        batch = int(value)
-    except ValueError:
-        batch = 0
-    if batch < 1:
-        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {value!r}")
-    return batch
+_batch = count_or("dynamic", None, "expected 'dynamic' or a positive integer, got {value!r}")
 
 
-def _parser():
-    parser = OneLineParser(
-        prog=PROG,
-        description="Export a trained Congealer (.keras) to ONNX (docs/onnx_contract.md).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage:", 1)[1],
-    )
+def _add_arguments(parser):
     parser.add_argument("model", help="the trained Congealer, a .keras file")
     parser.add_argument("output", help="the ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -85,12 +74,17 @@ def _parser():
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the onnxruntime-vs-Keras parity check")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
-    return parser
 
 
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run(parser, args) -> int:
+    """Runs the export; returns the exit status.
+
+    Args:
+        parser: the `OneLineParser` that parsed `args` (for its errors and
+            the program named in messages).
+        args: the parsed `argparse.Namespace`.
+    """
+    prog = parser.program
     if args.triton_name is not None and args.triton_repo is None:
         parser.error("--triton-name needs --triton-repo")
     if args.triton_max_batch_size < 1:
@@ -108,16 +102,16 @@ def main(argv=None) -> int:
             )
         check_writable(args.output, args.overwrite)
     except ExportError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     if "keras" not in sys.modules:
         # tf2onnx converts TensorFlow graphs: select the backend before Keras
         # is imported (a model trained on JAX or PyTorch loads on TensorFlow).
         if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-            print(f"{PROG}: using the TensorFlow backend for the export "
+            print(f"{prog}: using the TensorFlow backend for the export "
                   f"(KERAS_BACKEND was {os.environ['KERAS_BACKEND']!r})", file=sys.stderr)
         os.environ["KERAS_BACKEND"] = "tensorflow"
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as keras_congeal.cli.main
     import logging
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
@@ -138,7 +132,7 @@ def main(argv=None) -> int:
             triton_max_batch_size=args.triton_max_batch_size,
         )
     except ExportError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     ops = ", ".join(
         f"{k} {v}" for k, v in result.op_counts.items() if k.startswith(("Grid", "Gather"))
@@ -155,5 +149,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+COMMAND = Command(
+    name="export", summary="export a trained model to ONNX (and a Triton repository)",
+    description=DESCRIPTION, add_arguments=_add_arguments, run=run, doc=__doc__,
+    program=PROG,
+)
