@@ -120,6 +120,15 @@ def test_bad_arguments(tmp_path, argv, match):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("flag", ["--align-batch-size", "--batch-size"])
+def test_align_batch_size_has_congeals_name_and_keeps_its_first(tmp_path, flag):
+    np.save(tmp_path / "x.npy", _demo_images(8))
+    code, _, err = run(["align", tmp_path / "model.keras", tmp_path / "x.npy",
+                        "--output", tmp_path / "out", flag, "0"])
+    assert_one_line_error(code, err, "--align-batch-size must be >= 1", status=2)
+    assert not (tmp_path / "out").exists()
+
+
 # === Bad inputs: one line, non-zero exit, nothing written ===
 
 
@@ -323,6 +332,7 @@ def test_align_command_reproduces_congeal(demo_run, tmp_path):
     report = json.loads((tmp_path / "aligned" / "report.json").read_text())
     assert report["command"] == "align" and report["model"] == str(out / "model.keras")
     assert "training" not in report["seconds"] and "APSNR" in stdout
+    assert report["batch_size"] == 20
 
 
 @pytest.mark.slow

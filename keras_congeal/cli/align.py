@@ -26,12 +26,16 @@ def _add_arguments(parser):
         "input", metavar="INPUT", help=".npy, .npz or HDF5 file, or a directory of PNG/JPEG files"
     )
     add_input_output_arguments(parser)
+    # `congeal --batch-size` is the training batch; here the forward pass has the
+    # name it has in `congeal` (--batch-size, its first name, still works).
     parser.add_argument(
+        "--align-batch-size",
         "--batch-size",
+        dest="align_batch_size",
         type=int,
         default=ALIGN_BATCH_SIZE,
         metavar="N",
-        help=f"images per forward pass (default: {ALIGN_BATCH_SIZE})",
+        help=f"images per forward pass (default: {ALIGN_BATCH_SIZE}; also --batch-size)",
     )
 
 
@@ -40,8 +44,8 @@ def run(parser, args) -> int:
     from keras_congeal.io import AtomicOutputDir
 
     check_limit(parser, args)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, received {args.batch_size}")
+    if args.align_batch_size < 1:
+        parser.error(f"--align-batch-size must be >= 1, received {args.align_batch_size}")
     out = AtomicOutputDir(
         args.output,
         overwrite=args.overwrite,
@@ -99,7 +103,7 @@ def run_align(args, out, inputs):
     try:
         say(f"aligning {inputs.describe()} with {args.model}")
         meter, align_seconds = align_into(
-            model, inputs, partial, args.batch_size, verbose=not args.quiet
+            model, inputs, partial, args.align_batch_size, verbose=not args.quiet
         )
         reference = ops.convert_to_numpy(model.reference)
         write_figures(partial, inputs, meter, reference, "reference (of the model)")
@@ -117,7 +121,7 @@ def run_align(args, out, inputs):
             "dtype": inputs.dtype.name,
             **summary,
             "seconds": {"aligning": align_seconds, "total": time.perf_counter() - start_time},
-            "batch_size": args.batch_size,
+            "batch_size": args.align_batch_size,
         }
         write_report(out, report)
         out.commit()
