@@ -12,6 +12,7 @@ from keras_congeal.constants import (
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
 from keras_congeal.ops import filters, geometry
 from keras_congeal.presets import get_preset
+from keras_congeal.settings import CongealSettings
 
 _EPS = 1e-6
 # Local-contrast features of `distortion_features="local-contrast"`: blur
@@ -147,7 +148,7 @@ class Congealer(keras.Model):
         cls,
         preset,
         reference,
-        transform="homography",
+        transform=None,
         fusion="additive",
         code_size=None,
         gamma=1.0,
@@ -157,7 +158,10 @@ class Congealer(keras.Model):
     ):
         """Builds the Table-1 architecture `preset` ("mnist" or "lfw").
 
-        `reference` sets the image shape. `precision`: `"float32"` or
+        `reference` sets the image shape. `transform`: defaults to the
+        preset's (`CongealSettings.for_preset(preset).transform`: `"affine"`
+        for `"mnist"`, `"similarity"` for `"lfw"`), the transform the command
+        line trains. `precision`: `"float32"` or
         `"mixed_bfloat16"` (the aligner's convolutions and dense layers and
         the auto-encoder compute in bfloat16 with float32 variables; the
         sampling geometry, the parameter updates and every loss stay in
@@ -167,6 +171,8 @@ class Congealer(keras.Model):
         if precision not in PRECISIONS:
             raise ValueError(f"Unknown precision={precision!r}. Expected one of {PRECISIONS}.")
         config = get_preset(preset)
+        if transform is None:
+            transform = CongealSettings.for_preset(preset).transform
         aligner = DeSTNet(transform=transform, fusion=fusion, name="aligner", dtype=precision,
                           **config["aligner"])
         ae_config = config["autoencoder"]

@@ -299,3 +299,17 @@ def test_mixed_bfloat16_keeps_geometry_and_losses_in_float32():
     assert all(keras.backend.standardize_dtype(loss.dtype) == "float32" for loss in model.losses)
     with pytest.raises(ValueError, match="precision"):
         Congealer.from_preset("mnist", reference=x[0], precision="float16")
+
+
+@pytest.mark.parametrize("preset,shape,transform", [
+    ("mnist", (28, 28, 1), "affine"),
+    ("lfw", (64, 64, 3), "similarity"),
+])
+def test_from_preset_trains_the_transform_of_the_command_line(preset, shape, transform):
+    from keras_congeal import CongealSettings
+
+    model = Congealer.from_preset(preset, reference=np.zeros(shape, "float32"))
+    assert model.transform == transform == CongealSettings.for_preset(preset).transform
+    explicit = Congealer.from_preset(preset, reference=np.zeros(shape, "float32"),
+                                     transform="homography")
+    assert explicit.transform == "homography"
