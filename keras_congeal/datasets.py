@@ -4,7 +4,10 @@
 slices (a NumPy array, a `np.load(..., mmap_mode="r")` memory map, an h5py
 dataset): it reads one batch at a time, converts it to float32 in [0, 1] and
 adds the channel axis of grey images, so the whole set never needs to be in
-memory. It works on every Keras backend; on TensorFlow, Keras turns it into a
+memory. (A memory map keeps the pages it has read resident, as file-backed
+memory that the kernel reclaims under pressure: up to the whole file after
+an epoch. An array-like that reads each slice into a new array with file
+reads, as `benchmarks/million.py` does, keeps one batch resident.) It works on every Keras backend; on TensorFlow, Keras turns it into a
 `tf.data` pipeline itself (also under `MirroredStrategy`).
 
 `DeviceImageBatches` (JAX backend) gives the same batches in the same order
@@ -30,7 +33,8 @@ def as_float_images(batch, data_range=None):
     batch = np.asarray(batch)
     if data_range is None:
         data_range = value_range_of(batch.dtype)
-    out = batch.astype("float32") / np.float32(data_range)
+    out = batch.astype("float32")  # a new array: scaled in place, no second copy
+    out /= np.float32(data_range)
     return out[..., None] if out.ndim == 3 else out
 
 
@@ -106,7 +110,8 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         start, size = self._local_bounds(index)
         batch = as_float_images(self.images[start:start + size], self.data_range)
-        if not np.all(np.isfinite(batch)):
+        # Integer images are finite: only floats are checked.
+        if self.images.dtype.kind == "f" and not np.all(np.isfinite(batch)):
             raise ValueError(
                 f"Images {start}..{start + len(batch) - 1} contain NaN or infinite values."
             )
