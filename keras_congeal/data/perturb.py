@@ -19,6 +19,9 @@ Images are (N, H, W) or (N, H, W, C). Integer images come back rounded and
 clipped to their dtype (uint8 in, uint8 out); float images keep their dtype.
 """
 
+import functools
+import inspect
+
 import numpy as np
 from keras import ops
 
@@ -57,6 +60,25 @@ def _check_images(images, chunk_size):
         )
     if chunk_size < 1:
         raise ValueError(f"Expected `chunk_size` >= 1, received {chunk_size}.")
+
+
+def _takes_arguments_of(function):
+    """Decorator: the decorated function takes `function`'s arguments, by its
+    signature (names and defaults written once, there), and receives them all
+    bound, defaults applied. For an `iter_*` form and its whole-array form."""
+    signature = inspect.signature(function)
+
+    def decorate(body):
+        @functools.wraps(body)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(**bound.arguments)
+
+        wrapper.__signature__ = signature
+        return wrapper
+
+    return decorate
 
 
 def _chunks(images, chunk_size):
@@ -397,32 +419,6 @@ def _thicken(images, amount):
     return images + thick + thin
 
 
-def iter_infimnist_like(
-    images,
-    seed=0,
-    alpha=1.5,
-    sigma=4.0,
-    thickening_prob=0.5,
-    max_shift=2.0,
-    chunk_size=CHUNK_SIZE,
-):
-    """Chunks of `infimnist_like`; see it for the arguments.
-
-    Yields:
-        `(deformed, matrices)` for consecutive chunks of `images`.
-    """
-    _check_images(images, chunk_size)
-    if not (alpha >= 0 and sigma > 0 and 0 <= thickening_prob <= 1 and max_shift >= 0):
-        raise ValueError(
-            "Expected alpha >= 0, sigma > 0, 0 <= thickening_prob <= 1 and "
-            f"max_shift >= 0, received alpha={alpha!r}, sigma={sigma!r}, "
-            f"thickening_prob={thickening_prob!r}, max_shift={max_shift!r}."
-        )
-    rng = np.random.default_rng(seed)
-    params = (alpha, sigma, thickening_prob, max_shift)
-    return _iter_infimnist(images, rng, params, chunk_size)
-
-
 def _iter_infimnist(images, rng, params, chunk_size):
     alpha, sigma, thickening_prob, max_shift = params
     height, width = images.shape[1], images.shape[2]
@@ -507,3 +503,23 @@ def infimnist_like(
         images, seed, alpha, sigma, thickening_prob, max_shift, chunk_size
     )
     return _collect(chunks, len(images), images.shape[1:], images.dtype)
+
+
+@_takes_arguments_of(infimnist_like)
+def iter_infimnist_like(images, seed, alpha, sigma, thickening_prob, max_shift, chunk_size):
+    """Chunks of `infimnist_like`; see it for the arguments (its signature,
+    defaults included).
+
+    Yields:
+        `(deformed, matrices)` for consecutive chunks of `images`.
+    """
+    _check_images(images, chunk_size)
+    if not (alpha >= 0 and sigma > 0 and 0 <= thickening_prob <= 1 and max_shift >= 0):
+        raise ValueError(
+            "Expected alpha >= 0, sigma > 0, 0 <= thickening_prob <= 1 and "
+            f"max_shift >= 0, received alpha={alpha!r}, sigma={sigma!r}, "
+            f"thickening_prob={thickening_prob!r}, max_shift={max_shift!r}."
+        )
+    rng = np.random.default_rng(seed)
+    params = (alpha, sigma, thickening_prob, max_shift)
+    return _iter_infimnist(images, rng, params, chunk_size)
