@@ -34,6 +34,7 @@ Usage:
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import sys
@@ -458,21 +459,22 @@ def _device_data():
     return "auto" if jax.devices()[0].platform != "cpu" else False
 
 
-def _stop_after(steps):
-    """A callback that ends training after `steps` steps."""
+def _step_counter(limit=None):
+    """A callback that counts the training steps of this process and ends
+    training after `limit` of them (`None`: never)."""
     import keras
 
-    class StopAfterSteps(keras.callbacks.Callback):
+    class StepCounter(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.steps = 0
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
-            if self.steps >= steps:
+            if limit is not None and self.steps >= limit:
                 self.model.stop_training = True
 
-    return StopAfterSteps()
+    return StepCounter()
 
 
 def align_streamed(model, images, align_batch_size, log):
@@ -545,15 +547,14 @@ def main(argv=None) -> int:
             settings = settings.replace(learning_rate=args.learning_rate)
         callbacks = [keras.callbacks.BackupAndRestore(str(work_dir / "backup"),
                                                       delete_checkpoint=False)]
-        if args.train_steps:
-            callbacks.append(_stop_after(args.train_steps))
+        counter = _step_counter(args.train_steps)
+        callbacks.append(counter)
         device_data = _device_data()
         with memory.phase("training"):
             start = time.perf_counter()
             model, history = fit_congealer(images, settings, monitor_size=1000, verbose=2,
                                            callbacks=callbacks, device_data=device_data)
             train_seconds = time.perf_counter() - start
-        steps_run = model.optimizer.iterations.numpy().item()
 
         with memory.phase("alignment"):
             start = time.perf_counter()
@@ -561,7 +562,11 @@ def main(argv=None) -> int:
             align_seconds = time.perf_counter() - start
         summary = meter.summary()
         image_stack_bytes = int(images.nbytes)
-        del images
+        del images, model
+        # The training input iterator (unfinished after --train-steps) is
+        # finalised now, not during the interpreter's shutdown (TensorFlow
+        # warns then).
+        gc.collect()
     memory.stop()
 
     phases = memory.phases
@@ -596,8 +601,8 @@ def main(argv=None) -> int:
         "generate_seconds": generate_seconds,
         "train_seconds": train_seconds,
         "epochs_run_in_this_process": epochs_run,
-        "steps_run": steps_run,
-        "train_images_per_second": (min(steps_run * args.batch_size, epochs_run * args.n)
+        "steps_run_in_this_process": counter.steps,
+        "train_images_per_second": (min(counter.steps * args.batch_size, epochs_run * args.n)
                                     / train_seconds if epochs_run else None),
         "align_seconds": align_seconds,
         "align_images_per_second": args.n / align_seconds,
