@@ -60,47 +60,76 @@ METER_CHUNK = 4096  # images added to the running statistics at once (float64 co
 # The generation workers compute with NumPy on one thread each: the Keras numpy
 # backend imports no TensorFlow (about 130 MB per process instead of 500), and
 # the processes, not threads, use the cores.
-WORKER_ENVIRONMENT = {"KERAS_BACKEND": "numpy", "OMP_NUM_THREADS": "1",
-                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WORKER_ENVIRONMENT = {
+    "KERAS_BACKEND": "numpy",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.million", description=__doc__.splitlines()[0],
+        prog="python -m benchmarks.million",
+        description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]))
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     parser.add_argument("--digit", type=int, default=3)
     parser.add_argument("--n", type=int, default=100_000, help="images (default 100000)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="infimnist")
     parser.add_argument("--sigma", type=float, default=0.2, help="for --protocol perspective")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="default: CongealSettings' (1e-3)")
-    parser.add_argument("--train-steps", type=int, default=None,
-                        help="stop training after this many steps (default: every epoch in "
-                             "full); to measure memory and speed where a whole epoch is too "
-                             "slow: the alignment is then that of a partly trained model")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="default: CongealSettings' (1e-3)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="stop training after this many steps (default: every epoch in "
+        "full); to measure memory and speed where a whole epoch is too "
+        "slow: the alignment is then that of a partly trained model",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="processes generating the set (default: the machine's cores)")
-    parser.add_argument("--align-batch-size", type=int, default=8192,
-                        help="images per forward pass when aligning (default 8192)")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
-                        default="float32")
-    parser.add_argument("--read", choices=("pread", "mmap"), default="pread",
-                        help="read the set by positional file reads (default: resident "
-                             "memory stays at one batch) or through a memory map (every page "
-                             "read stays resident, up to the whole file)")
-    parser.add_argument("--mnist", default=None,
-                        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, "
-                             "../shared/data)")
-    parser.add_argument("--work-dir", default=None,
-                        help="keep the generated set and training backups here, and resume "
-                             "from them (default: a temporary directory, removed)")
-    parser.add_argument("--output", default=None,
-                        help="JSON file for the results (default: "
-                             "benchmarks/results/million_<protocol>_n<N>.json)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="processes generating the set (default: the machine's cores)",
+    )
+    parser.add_argument(
+        "--align-batch-size",
+        type=int,
+        default=8192,
+        help="images per forward pass when aligning (default 8192)",
+    )
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
+    parser.add_argument(
+        "--read",
+        choices=("pread", "mmap"),
+        default="pread",
+        help="read the set by positional file reads (default: resident "
+        "memory stays at one batch) or through a memory map (every page "
+        "read stays resident, up to the whole file)",
+    )
+    parser.add_argument(
+        "--mnist",
+        default=None,
+        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, ../shared/data)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep the generated set and training backups here, and resume "
+        "from them (default: a temporary directory, removed)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON file for the results (default: benchmarks/results/million_<protocol>_n<N>.json)",
+    )
     parser.add_argument("--backend-note", default=None)
     return parser
 
@@ -129,13 +158,18 @@ class NpyRows:
     def __init__(self, path, writable=False):
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = read_header(f)
             self.offset = f.tell()
         if fortran_order or dtype.hasobject or not shape:
-            raise ValueError(f"{path}: expected a C-order array of images without objects, "
-                             f"got shape {shape}, dtype {dtype}, fortran_order={fortran_order}.")
+            raise ValueError(
+                f"{path}: expected a C-order array of images without objects, "
+                f"got shape {shape}, dtype {dtype}, fortran_order={fortran_order}."
+            )
         self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
         self.row_shape = self.shape[1:]
         self.row_bytes = dtype.itemsize * math.prod(self.row_shape)
@@ -162,7 +196,7 @@ class NpyRows:
         if isinstance(key, (int, np.integer)):
             if not -n <= key < n:
                 raise IndexError(f"index {key} is out of range for {n} images")
-            return self[int(key) % n:int(key) % n + 1][0]
+            return self[int(key) % n : int(key) % n + 1][0]
         if isinstance(key, slice):
             start, stop, step = key.indices(n)
             if step != 1:
@@ -176,8 +210,7 @@ class NpyRows:
                 raise IndexError(f"a boolean index of shape {index.shape} for {n} images")
             index = np.flatnonzero(index)
         if index.ndim != 1 or not (index.dtype.kind in "iu" or index.size == 0):
-            raise TypeError(f"NpyRows takes an int, a slice or a 1-D array of indices, "
-                            f"not {key!r}")
+            raise TypeError(f"NpyRows takes an int, a slice or a 1-D array of indices, not {key!r}")
         if index.size and not (-n <= index.min() and index.max() < n):
             raise IndexError(f"indices out of range for {n} images")
         index = index.astype(np.int64) % max(n, 1)
@@ -197,8 +230,10 @@ class NpyRows:
             raise TypeError(f"NpyRows writes a contiguous slice of rows, not {key!r}")
         values = np.ascontiguousarray(values, self.dtype)
         if values.shape != (stop - start, *self.row_shape):
-            raise ValueError(f"expected {stop - start} rows of shape {self.row_shape}, "
-                             f"got an array of shape {values.shape}")
+            raise ValueError(
+                f"expected {stop - start} rows of shape {self.row_shape}, "
+                f"got an array of shape {values.shape}"
+            )
         view = memoryview(values.reshape(-1).view(np.uint8))
         position = self.offset + start * self.row_bytes
         while view.nbytes:
@@ -227,8 +262,11 @@ def _memory_status():
     except OSError:
         return {}
     fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
-    return {key: int(rest.split()[0]) * 1024 for key, _, rest in
-            (line.partition(":") for line in lines) if key in fields}
+    return {
+        key: int(rest.split()[0]) * 1024
+        for key, _, rest in (line.partition(":") for line in lines)
+        if key in fields
+    }
 
 
 class MemoryPeaks:
@@ -274,8 +312,11 @@ class MemoryPeaks:
         status = _memory_status()
         if not status:
             return
-        now = {"rss_bytes": status["VmRSS"], "anon_bytes": status["RssAnon"],
-               "file_bytes": status["RssFile"] + status.get("RssShmem", 0)}
+        now = {
+            "rss_bytes": status["VmRSS"],
+            "anon_bytes": status["RssAnon"],
+            "file_bytes": status["RssFile"] + status.get("RssShmem", 0),
+        }
         with self._lock:
             for key, value in now.items():
                 self._peaks[key] = max(value, self._peaks.get(key, 0))
@@ -336,8 +377,16 @@ _WORKER = {}  # a generation worker's state, set once by `_start_worker`
 def _start_worker(path, sources, protocol, sigma, seed, n, block):
     """Initialises a generation worker: the sources arrive once, the output
     file is opened once, and the worker's memory is sampled from now on."""
-    _WORKER.update(images=NpyRows(path, writable=True), sources=sources, protocol=protocol,
-                   sigma=sigma, seed=seed, n=n, block=block, memory=MemoryPeaks().start())
+    _WORKER.update(
+        images=NpyRows(path, writable=True),
+        sources=sources,
+        protocol=protocol,
+        sigma=sigma,
+        seed=seed,
+        n=n,
+        block=block,
+        memory=MemoryPeaks().start(),
+    )
 
 
 def _block_picks(index, rng):
@@ -349,7 +398,7 @@ def _block_picks(index, rng):
     count = min(w["block"], w["n"] - first)
     if w["n"] <= len(w["sources"]):
         order = np.random.default_rng(w["seed"]).permutation(len(w["sources"]))
-        return order[first:first + count]
+        return order[first : first + count]
     return rng.integers(len(w["sources"]), size=count)
 
 
@@ -372,11 +421,12 @@ def _make_block(index):
     elif w["protocol"] == "affnist":
         chunks = iter_affnist_like(chunk, seed=rng, chunk_size=GENERATION_CHUNK)
     else:
-        chunks = iter_perspective_perturbation(chunk, w["sigma"], seed=rng,
-                                               chunk_size=GENERATION_CHUNK)
+        chunks = iter_perspective_perturbation(
+            chunk, w["sigma"], seed=rng, chunk_size=GENERATION_CHUNK
+        )
     first = index * w["block"]
     for images, _ in chunks:
-        w["images"][first:first + len(images)] = images
+        w["images"][first : first + len(images)] = images
         first += len(images)
     return time.perf_counter() - start, os.getpid(), w["memory"].snapshot()
 
@@ -401,13 +451,21 @@ def generate(sources, args, work_dir, log):
 
     size = 40 if args.protocol == "affnist" else sources.shape[1]
     path, progress_path = work_dir / "images.npy", work_dir / "progress.json"
-    identity = {"protocol": args.protocol, "digit": args.digit, "n": args.n,
-                "sigma": args.sigma, "seed": args.seed, "block": BLOCK, "picks": "per-block"}
+    identity = {
+        "protocol": args.protocol,
+        "digit": args.digit,
+        "n": args.n,
+        "sigma": args.sigma,
+        "seed": args.seed,
+        "block": BLOCK,
+        "picks": "per-block",
+    }
     progress = common.read_json(progress_path) if progress_path.exists() else None
     if progress is None or progress.get("identity") != identity or not path.exists():
         # Writes the header and sizes the (sparse) file; no page is touched.
-        created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                            shape=(args.n, size, size))
+        created = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.uint8, shape=(args.n, size, size)
+        )
         del created
         progress = {"identity": identity, "blocks_done": 0, "seconds": 0.0}
     else:
@@ -418,11 +476,15 @@ def generate(sources, args, work_dir, log):
         return progress["seconds"], workers
     start = time.perf_counter()
     # "spawn": the parent has loaded the backend, which must not be forked.
-    with _environment(WORKER_ENVIRONMENT), ProcessPoolExecutor(
+    with (
+        _environment(WORKER_ENVIRONMENT),
+        ProcessPoolExecutor(
             max_workers=max(1, min(args.workers, len(blocks))),
-            mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(str(path), sources, args.protocol, args.sigma, args.seed, args.n,
-                      BLOCK)) as pool:
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(str(path), sources, args.protocol, args.sigma, args.seed, args.n, BLOCK),
+        ) as pool,
+    ):
         for index, (_, pid, peaks) in zip(blocks, pool.map(_make_block, blocks), strict=True):
             workers[pid] = peaks
             progress["blocks_done"] = index + 1
@@ -486,7 +548,7 @@ def align_streamed(model, images, align_batch_size, log):
     meter = AlignmentMeter(data_range=1.0)
     meter_seconds = 0.0
     for first in range(0, len(images), BLOCK):
-        batch = as_float_images(images[first:first + BLOCK], 255.0)
+        batch = as_float_images(images[first : first + BLOCK], 255.0)
         result = model.align(batch, batch_size=align_batch_size)
         measured = time.perf_counter()
         for at in range(0, len(batch), METER_CHUNK):
@@ -503,8 +565,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if min(args.n, args.epochs, args.batch_size, args.workers, args.align_batch_size) < 1:
-        parser.error("--n, --epochs, --batch-size, --workers and --align-batch-size must "
-                     "be >= 1")
+        parser.error("--n, --epochs, --batch-size, --workers and --align-batch-size must be >= 1")
     if args.train_steps is not None and args.train_steps < 1:
         parser.error(f"--train-steps must be >= 1, got {args.train_steps}")
     if not 0 <= args.digit <= 9:
@@ -521,8 +582,11 @@ def main(argv=None) -> int:
         from keras_congeal.data.mnist import load_mnist
         from keras_congeal.training import CongealSettings, fit_congealer
 
-        run = common.run_record(argv if argv is not None else sys.argv[1:],
-                                module="benchmarks.million", note=args.backend_note)
+        run = common.run_record(
+            argv if argv is not None else sys.argv[1:],
+            module="benchmarks.million",
+            note=args.backend_note,
+        )
         (x_train, y_train), _ = load_mnist(common.resolve_mnist(args.mnist))
         sources = x_train[y_train == args.digit]
         del x_train, y_train
@@ -541,19 +605,27 @@ def main(argv=None) -> int:
         else:
             images = np.load(work_dir / "images.npy", mmap_mode="r")
 
-        settings = CongealSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                   seed=args.seed, precision=args.precision)
+        settings = CongealSettings(
+            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, precision=args.precision
+        )
         if args.learning_rate:
             settings = settings.replace(learning_rate=args.learning_rate)
-        callbacks = [keras.callbacks.BackupAndRestore(str(work_dir / "backup"),
-                                                      delete_checkpoint=False)]
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)
+        ]
         counter = _step_counter(args.train_steps)
         callbacks.append(counter)
         device_data = _device_data()
         with memory.phase("training"):
             start = time.perf_counter()
-            model, history = fit_congealer(images, settings, monitor_size=1000, verbose=2,
-                                           callbacks=callbacks, device_data=device_data)
+            model, history = fit_congealer(
+                images,
+                settings,
+                monitor_size=1000,
+                verbose=2,
+                callbacks=callbacks,
+                device_data=device_data,
+            )
             train_seconds = time.perf_counter() - start
 
         with memory.phase("alignment"):
@@ -575,35 +647,48 @@ def main(argv=None) -> int:
     worker_memory = _workers_memory(workers)
     memory_report = {
         "method": "per phase: rss_bytes = the process's peak resident memory (VmHWM reset "
-                  "by /proc/self/clear_refs at the phase start), anon_bytes = peak "
-                  "anonymous memory (RssAnon), file_bytes = peak file-backed memory "
-                  "(RssFile + RssShmem: shared libraries, memory maps), the last two sampled "
-                  "every 10 ms; generation_workers: each worker process's own peaks "
-                  "(max of one, sum of all); peak_bytes: the largest phase rss_bytes "
-                  "(ru_maxrss off Linux)",
+        "by /proc/self/clear_refs at the phase start), anon_bytes = peak "
+        "anonymous memory (RssAnon), file_bytes = peak file-backed memory "
+        "(RssFile + RssShmem: shared libraries, memory maps), the last two sampled "
+        "every 10 ms; generation_workers: each worker process's own peaks "
+        "(max of one, sum of all); peak_bytes: the largest phase rss_bytes "
+        "(ru_maxrss off Linux)",
         "phases": phases,
         "generation_workers": worker_memory,
         "peak_bytes": max(rss) if rss else common.rss_bytes(),
         "peak_anon_bytes": max(anon) if anon else None,
         "generation_total_rss_bytes": (
             phases["generation"]["rss_bytes"] + (worker_memory["sum_rss_bytes"] or 0)
-            if phases["generation"]["rss_bytes"] is not None else None),
+            if phases["generation"]["rss_bytes"] is not None
+            else None
+        ),
         "image_stack_bytes": image_stack_bytes,
     }
     epochs_run = len(history.history.get("loss", []))
     report = {
-        "schema": SCHEMA, "run": run,
-        "config": {"protocol": args.protocol, "digit": args.digit, "n": args.n,
-                   "sigma": args.sigma if args.protocol == "perspective" else None,
-                   "seed": args.seed, "block": BLOCK, "read": args.read,
-                   "device_data": device_data, "train_steps": args.train_steps,
-                   "settings": settings.to_dict()},
+        "schema": SCHEMA,
+        "run": run,
+        "config": {
+            "protocol": args.protocol,
+            "digit": args.digit,
+            "n": args.n,
+            "sigma": args.sigma if args.protocol == "perspective" else None,
+            "seed": args.seed,
+            "block": BLOCK,
+            "read": args.read,
+            "device_data": device_data,
+            "train_steps": args.train_steps,
+            "settings": settings.to_dict(),
+        },
         "generate_seconds": generate_seconds,
         "train_seconds": train_seconds,
         "epochs_run_in_this_process": epochs_run,
         "steps_run_in_this_process": counter.steps,
-        "train_images_per_second": (min(counter.steps * args.batch_size, epochs_run * args.n)
-                                    / train_seconds if epochs_run else None),
+        "train_images_per_second": (
+            min(counter.steps * args.batch_size, epochs_run * args.n) / train_seconds
+            if epochs_run
+            else None
+        ),
         "align_seconds": align_seconds,
         "align_images_per_second": args.n / align_seconds,
         "align_metrics_seconds": meter_seconds,
@@ -615,14 +700,16 @@ def main(argv=None) -> int:
     }
     common.write_json_atomic(output, report)
     rate = report["train_images_per_second"]
-    print(f"{args.protocol} digit {args.digit}, N = {args.n}: APSNR "
-          f"{summary['apsnr_before']:.2f} -> {summary['apsnr_after']:.2f} dB, ink kept "
-          f"{summary['ink_kept']:.2f}, content scale {summary['content_scale_median']:.2f}; "
-          f"generate {generate_seconds:.1f} s, train {train_seconds:.1f} s"
-          + (f" ({rate:.0f} img/s)" if rate else "")
-          + f", align {align_seconds:.1f} s ({report['align_images_per_second']:.0f} img/s), "
-          f"peak memory {memory_report['peak_bytes'] / 2**20:.0f} MiB; wrote {output}",
-          flush=True)
+    print(
+        f"{args.protocol} digit {args.digit}, N = {args.n}: APSNR "
+        f"{summary['apsnr_before']:.2f} -> {summary['apsnr_after']:.2f} dB, ink kept "
+        f"{summary['ink_kept']:.2f}, content scale {summary['content_scale_median']:.2f}; "
+        f"generate {generate_seconds:.1f} s, train {train_seconds:.1f} s"
+        + (f" ({rate:.0f} img/s)" if rate else "")
+        + f", align {align_seconds:.1f} s ({report['align_images_per_second']:.0f} img/s), "
+        f"peak memory {memory_report['peak_bytes'] / 2**20:.0f} MiB; wrote {output}",
+        flush=True,
+    )
     return 0
 
 

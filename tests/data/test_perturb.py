@@ -271,8 +271,11 @@ def test_iter_infimnist_takes_the_same_arguments(make_digits):
     np.testing.assert_array_equal(np.concatenate([m for _, m in chunks]), matrices)
     # Defaults come from the one signature: alpha=1.5 differs from alpha=1.0.
     default, _ = infimnist_like(images, 5, thickening_prob=1.0, max_shift=1.0, sigma=3.0)
-    first, _ = next(iter_infimnist_like(images, seed=5, thickening_prob=1.0, max_shift=1.0,
-                                        sigma=3.0, chunk_size=9))
+    first, _ = next(
+        iter_infimnist_like(
+            images, seed=5, thickening_prob=1.0, max_shift=1.0, sigma=3.0, chunk_size=9
+        )
+    )
     np.testing.assert_array_equal(first, default)
     assert not np.array_equal(default, whole)
     with pytest.raises(TypeError, match="alpah"):
