@@ -374,19 +374,12 @@ def _block_seed(seed, index):
 _WORKER = {}  # a generation worker's state, set once by `_start_worker`
 
 
-def _start_worker(path, sources, protocol, sigma, seed, n, block):
+def _start_worker(path, sources, config):
     """Initialises a generation worker: the sources arrive once, the output
-    file is opened once, and the worker's memory is sampled from now on."""
-    _WORKER.update(
-        images=NpyRows(path, writable=True),
-        sources=sources,
-        protocol=protocol,
-        sigma=sigma,
-        seed=seed,
-        n=n,
-        block=block,
-        memory=MemoryPeaks().start(),
-    )
+    file is opened once, and the worker's memory is sampled from now on.
+    `config`: `protocol`, `sigma`, `seed`, `n` and `block` (images a block)."""
+    _WORKER.update(config, sources=sources, images=NpyRows(path, writable=True))
+    _WORKER["memory"] = MemoryPeaks().start()
 
 
 def _block_picks(index, rng):
@@ -482,7 +475,17 @@ def generate(sources, args, work_dir, log):
             max_workers=max(1, min(args.workers, len(blocks))),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(str(path), sources, args.protocol, args.sigma, args.seed, args.n, BLOCK),
+            initargs=(
+                str(path),
+                sources,
+                {
+                    "protocol": args.protocol,
+                    "sigma": args.sigma,
+                    "seed": args.seed,
+                    "n": args.n,
+                    "block": BLOCK,
+                },
+            ),
         ) as pool,
     ):
         for index, (_, pid, peaks) in zip(blocks, pool.map(_make_block, blocks), strict=True):

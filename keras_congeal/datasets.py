@@ -152,27 +152,10 @@ class DeviceImageBatches(ImageBatches):
 
     UPLOAD_BLOCK = 65536
 
-    def __init__(
-        self,
-        images,
-        batch_size=64,
-        shuffle=True,
-        seed=0,
-        drop_remainder=False,
-        multiple_of=1,
-        **kwargs,
-    ):
+    def __init__(self, images, *args, **kwargs):  # `ImageBatches`' arguments
         import jax
 
-        super().__init__(
-            images,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_remainder=drop_remainder,
-            multiple_of=multiple_of,
-            **kwargs,
-        )
+        super().__init__(images, *args, **kwargs)
         distribution = keras.distribution.distribution()
         sharding = None
         if distribution is not None:  # the set replicated on every device
