@@ -655,7 +655,9 @@ def main(argv=None) -> int:
         "(RssFile + RssShmem: shared libraries, memory maps), the last two sampled "
         "every 10 ms; generation_workers: each worker process's own peaks "
         "(max of one, sum of all); peak_bytes: the largest phase rss_bytes "
-        "(ru_maxrss off Linux)",
+        "(ru_maxrss off Linux); generation_total_*: the parent's generation peak "
+        "plus the workers' sum (the rss total counts the shared libraries once "
+        "per worker: an upper bound)",
         "phases": phases,
         "generation_workers": worker_memory,
         "peak_bytes": max(rss) if rss else common.rss_bytes(),
@@ -663,6 +665,11 @@ def main(argv=None) -> int:
         "generation_total_rss_bytes": (
             phases["generation"]["rss_bytes"] + (worker_memory["sum_rss_bytes"] or 0)
             if phases["generation"]["rss_bytes"] is not None
+            else None
+        ),
+        "generation_total_anon_bytes": (
+            phases["generation"]["anon_bytes"] + (worker_memory["sum_anon_bytes"] or 0)
+            if phases["generation"]["anon_bytes"] is not None
             else None
         ),
         "image_stack_bytes": image_stack_bytes,
