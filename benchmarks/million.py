@@ -2,18 +2,29 @@
 
 The paper's Sec. 3.4 aligns 1,000,000 infiMNIST digits of one class. This
 script makes N infiMNIST-like (or affNIST-like, or perspective-perturbed)
-images of one digit with `keras_congeal.data`, block by block, into a memory
-map on disk; trains the default `Congealer` on batches read lazily from it;
-aligns the whole set in chunks and reports APSNR before/after with the ink
-kept and the content scale, all streamed (running sums). Memory stays bounded
-whatever N: the JSON records the peak resident memory of each phase.
+images of one digit with `keras_congeal.data`, block by block, into a uint8
+`.npy` file on disk; trains the default `Congealer` on batches read from it;
+aligns the whole set in blocks and reports APSNR before/after with the ink
+kept and the content scale, all streamed (running sums).
+
+Memory stays flat in N. Generation runs on `--workers` processes (each draws
+and perturbs whole blocks and writes them straight into the file); the set is
+read with positional file reads (`--read pread`), never memory-mapped, so a
+batch lives in memory only while it is used. The JSON records, per phase
+(generation, training, alignment), the process's peak resident memory (RSS,
+the kernel's high-water mark reset at each phase) and the peaks of its
+anonymous (allocated) and file-backed (mapped files: shared libraries, a
+memory map) parts, and the generation workers' own peaks. `--read mmap`
+memory-maps the set instead: every page read stays in the resident set as
+file-backed memory, up to the whole file.
 
 With `--work-dir`, a killed run resumes where it stopped: generated blocks
 are kept (`images.npy` + `progress.json`) and training continues from the
 last finished epoch (`keras.callbacks.BackupAndRestore`). Without it, a
 temporary directory is used and removed.
 
-Meant for a GPU (JAX backend); runs anywhere with a smaller `--n`.
+Meant for a GPU (JAX backend); runs anywhere with a smaller `--n`
+(`--train-steps` caps the training for memory measurements on a CPU).
 
 Usage:
     python -m benchmarks.million --digit 3 --n 1000000 --protocol infimnist \\
@@ -23,11 +34,17 @@ Usage:
 
 import argparse
 import contextlib
+import gc
+import math
 import os
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from pathlib import Path
+
+import numpy as np
 
 try:
     from benchmarks import common
@@ -35,42 +52,317 @@ except ImportError:  # run as a script: python benchmarks/million.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import common
 
-SCHEMA = "keras_congeal.million/1"
+SCHEMA = "keras_congeal.million/2"
 PROTOCOLS = ("infimnist", "affnist", "perspective")
 BLOCK = 16384  # images generated (and aligned) per step: bounds the memory
+GENERATION_CHUNK = 256  # images perturbed at once in a worker (~30 MB of temporaries)
+METER_CHUNK = 4096  # images added to the running statistics at once (float64 copies)
+# The generation workers compute with NumPy on one thread each: the Keras numpy
+# backend imports no TensorFlow (about 130 MB per process instead of 500), and
+# the processes, not threads, use the cores.
+WORKER_ENVIRONMENT = {
+    "KERAS_BACKEND": "numpy",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.million", description=__doc__.splitlines()[0],
+        prog="python -m benchmarks.million",
+        description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]))
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     parser.add_argument("--digit", type=int, default=3)
     parser.add_argument("--n", type=int, default=100_000, help="images (default 100000)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="infimnist")
     parser.add_argument("--sigma", type=float, default=0.2, help="for --protocol perspective")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="default: CongealSettings' (1e-3)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="default: CongealSettings' (1e-3)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="stop training after this many steps (default: every epoch in "
+        "full); to measure memory and speed where a whole epoch is too "
+        "slow: the alignment is then that of a partly trained model",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="processes generating the set (default: the machine's cores)")
-    parser.add_argument("--align-batch-size", type=int, default=8192,
-                        help="images per forward pass when aligning (default 8192)")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
-                        default="float32")
-    parser.add_argument("--mnist", default=None,
-                        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, "
-                             "../shared/data)")
-    parser.add_argument("--work-dir", default=None,
-                        help="keep the generated set and training backups here, and resume "
-                             "from them (default: a temporary directory, removed)")
-    parser.add_argument("--output", default=None,
-                        help="JSON file for the results (default: "
-                             "benchmarks/results/million_<protocol>_n<N>.json)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="processes generating the set (default: the machine's cores)",
+    )
+    parser.add_argument(
+        "--align-batch-size",
+        type=int,
+        default=8192,
+        help="images per forward pass when aligning (default 8192)",
+    )
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
+    parser.add_argument(
+        "--read",
+        choices=("pread", "mmap"),
+        default="pread",
+        help="read the set by positional file reads (default: resident "
+        "memory stays at one batch) or through a memory map (every page "
+        "read stays resident, up to the whole file)",
+    )
+    parser.add_argument(
+        "--mnist",
+        default=None,
+        help="mnist.npz or its folder (default: $KERAS_CONGEAL_DATA, ../shared/data)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep the generated set and training backups here, and resume "
+        "from them (default: a temporary directory, removed)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON file for the results (default: benchmarks/results/million_<protocol>_n<N>.json)",
+    )
     parser.add_argument("--backend-note", default=None)
     return parser
+
+
+# === The image file, read and written without a memory map ===
+
+
+class NpyRows:
+    """The rows (images) of a `.npy` file, read and written by positional
+    file I/O (`os.preadv`, `os.pwritev`), never memory-mapped.
+
+    A memory map keeps every page it has read in the process's resident set
+    (file-backed, up to the whole file after one epoch); a positional read
+    copies the rows into a new array, freed with the batch, so resident
+    memory stays at one batch whatever the file's size (the kernel's page
+    cache, shared and reclaimable, is not the process's). Indexable like the
+    array by what `fit_congealer`, `ImageBatches` and the alignment loop use:
+    an int, a slice, an array of indices; `rows[a:b] = block` writes when
+    opened with `writable=True`. Threads may share it (positional I/O).
+
+    Args:
+        path: a `.npy` file (C order, no objects).
+        writable: bool. Open for writing too. Defaults to `False`.
+    """
+
+    def __init__(self, path, writable=False):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran_order or dtype.hasobject or not shape:
+            raise ValueError(
+                f"{path}: expected a C-order array of images without objects, "
+                f"got shape {shape}, dtype {dtype}, fortran_order={fortran_order}."
+            )
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = dtype.itemsize * math.prod(self.row_shape)
+        self.writable = writable
+        self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        self._close = weakref.finalize(self, os.close, self._fd)
+
+    def close(self):
+        self._close()
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def nbytes(self):
+        return self.row_bytes * len(self)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, key):
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            if not -n <= key < n:
+                raise IndexError(f"index {key} is out of range for {n} images")
+            return self[int(key) % n : int(key) % n + 1][0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            out = np.empty((max(0, stop - start), *self.row_shape), self.dtype)
+            self._read_into(out, start)
+            return out
+        index = np.asarray(key)
+        if index.dtype == bool:
+            if index.shape != (n,):
+                raise IndexError(f"a boolean index of shape {index.shape} for {n} images")
+            index = np.flatnonzero(index)
+        if index.ndim != 1 or not (index.dtype.kind in "iu" or index.size == 0):
+            raise TypeError(f"NpyRows takes an int, a slice or a 1-D array of indices, not {key!r}")
+        if index.size and not (-n <= index.min() and index.max() < n):
+            raise IndexError(f"indices out of range for {n} images")
+        index = index.astype(np.int64) % max(n, 1)
+        out = np.empty((len(index), *self.row_shape), self.dtype)
+        # One read per run of consecutive indices.
+        breaks = [0, *(np.flatnonzero(np.diff(index) != 1) + 1), len(index)]
+        for first, last in zip(breaks[:-1], breaks[1:], strict=False):
+            if last > first:
+                self._read_into(out[first:last], int(index[first]))
+        return out
+
+    def __setitem__(self, key, values):
+        if not self.writable:
+            raise ValueError("NpyRows opened read-only: pass writable=True to write.")
+        start, stop, step = key.indices(len(self)) if isinstance(key, slice) else (0, 0, 0)
+        if step != 1:
+            raise TypeError(f"NpyRows writes a contiguous slice of rows, not {key!r}")
+        values = np.ascontiguousarray(values, self.dtype)
+        if values.shape != (stop - start, *self.row_shape):
+            raise ValueError(
+                f"expected {stop - start} rows of shape {self.row_shape}, "
+                f"got an array of shape {values.shape}"
+            )
+        view = memoryview(values.reshape(-1).view(np.uint8))
+        position = self.offset + start * self.row_bytes
+        while view.nbytes:
+            written = os.pwritev(self._fd, [view], position)
+            view, position = view[written:], position + written
+
+    def _read_into(self, out, start):
+        """Fills the contiguous array `out` with the rows from `start` on."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        position = self.offset + start * self.row_bytes
+        while view.nbytes:
+            count = os.preadv(self._fd, [view], position)
+            if count == 0:
+                raise EOFError(f"the .npy file ends before row {start + len(out)}")
+            view, position = view[count:], position + count
+
+
+# === Memory, per phase ===
+
+
+def _memory_status():
+    """This process's resident memory from `/proc/self/status`, bytes
+    (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`, `RssShmem`); `{}` off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+    return {
+        key: int(rest.split()[0]) * 1024
+        for key, _, rest in (line.partition(":") for line in lines)
+        if key in fields
+    }
+
+
+class MemoryPeaks:
+    """Peak resident memory of this process, phase by phase (Linux).
+
+    `rss_bytes`: the kernel's exact high-water mark (`VmHWM`), reset at the
+    start of each phase (`/proc/self/clear_refs`); when it cannot be reset,
+    the largest sampled `VmRSS`. `anon_bytes` (memory the process allocated:
+    heap, arrays, thread stacks) and `file_bytes` (pages of mapped files: the
+    shared libraries, a memory-mapped set; `RssFile + RssShmem`) are sampled
+    every `interval` seconds by a thread. Off Linux, every figure is `None`.
+    """
+
+    def __init__(self, interval=0.01):
+        self.interval = interval
+        self.phases = {}
+        self._lock = threading.Lock()
+        self._peaks = {}
+        self._reset_works = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_forever, daemon=True)
+
+    def start(self):
+        self.reset()
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+    def reset(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+            self._reset_works = True
+        except OSError:
+            self._reset_works = False
+        with self._lock:
+            self._peaks = {}
+        self._sample()
+
+    def _sample(self):
+        status = _memory_status()
+        if not status:
+            return
+        now = {
+            "rss_bytes": status["VmRSS"],
+            "anon_bytes": status["RssAnon"],
+            "file_bytes": status["RssFile"] + status.get("RssShmem", 0),
+        }
+        with self._lock:
+            for key, value in now.items():
+                self._peaks[key] = max(value, self._peaks.get(key, 0))
+
+    def _sample_forever(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def snapshot(self):
+        """The peaks since the last reset: `rss_bytes`, `anon_bytes`, `file_bytes`."""
+        self._sample()
+        with self._lock:
+            peaks = dict(self._peaks)
+        if not peaks:
+            return {"rss_bytes": None, "anon_bytes": None, "file_bytes": None}
+        if self._reset_works:
+            peaks["rss_bytes"] = max(peaks["rss_bytes"], _memory_status()["VmHWM"])
+        return peaks
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        """Records the peaks of the `with` block as `phases[name]`."""
+        self.reset()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.snapshot()
+
+
+# === Generation ===
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """`os.environ` updated with `values` inside the block (inherited by the
+    processes started there), restored after it."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _block_seed(seed, index):
@@ -79,76 +371,206 @@ def _block_seed(seed, index):
     return seed * 1_000_003 + index
 
 
-def _make_block(path, sources, picks, protocol, sigma, seed, first):
-    """Perturbs `sources[picks]` into `path[first:first + len(picks)]` (a
-    worker process: opens the memory map itself). Returns seconds spent."""
-    import numpy as np
+_WORKER = {}  # a generation worker's state, set once by `_start_worker`
 
-    from keras_congeal.data import affnist_like, infimnist_like, perspective_perturbation
 
+def _start_worker(path, sources, config):
+    """Initialises a generation worker: the sources arrive once, the output
+    file is opened once, and the worker's memory is sampled from now on.
+    `config`: `protocol`, `sigma`, `seed`, `n` and `block` (images a block)."""
+    _WORKER.update(config, sources=sources, images=NpyRows(path, writable=True))
+    _WORKER["memory"] = MemoryPeaks().start()
+
+
+def _block_picks(index, rng):
+    """Indices into the sources of block `index`'s images: a permutation of
+    the sources when the set is not larger than them, else independent
+    uniform draws from the block's own stream `rng`."""
+    w = _WORKER
+    first = index * w["block"]
+    count = min(w["block"], w["n"] - first)
+    if w["n"] <= len(w["sources"]):
+        order = np.random.default_rng(w["seed"]).permutation(len(w["sources"]))
+        return order[first : first + count]
+    return rng.integers(len(w["sources"]), size=count)
+
+
+def _make_block(index):
+    """Draws and perturbs block `index` and writes it into the images file,
+    `GENERATION_CHUNK` images at a time (in a worker process). Returns the
+    seconds spent, the worker's process id and its memory peaks so far."""
+    from keras_congeal.data import (
+        iter_affnist_like,
+        iter_infimnist_like,
+        iter_perspective_perturbation,
+    )
+
+    w = _WORKER
     start = time.perf_counter()
-    chunk = sources[picks]
-    if protocol == "infimnist":
-        out, _ = infimnist_like(chunk, seed=seed)
-    elif protocol == "affnist":
-        out, _ = affnist_like(chunk, seed=seed)
+    rng = np.random.default_rng(_block_seed(w["seed"], index))
+    chunk = w["sources"][_block_picks(index, rng)]
+    if w["protocol"] == "infimnist":
+        chunks = iter_infimnist_like(chunk, seed=rng, chunk_size=GENERATION_CHUNK)
+    elif w["protocol"] == "affnist":
+        chunks = iter_affnist_like(chunk, seed=rng, chunk_size=GENERATION_CHUNK)
     else:
-        out, _ = perspective_perturbation(chunk, sigma, seed=seed)
-    images = np.load(path, mmap_mode="r+")
-    images[first:first + len(out)] = out
-    images.flush()
-    del images
-    return time.perf_counter() - start
+        chunks = iter_perspective_perturbation(
+            chunk, w["sigma"], seed=rng, chunk_size=GENERATION_CHUNK
+        )
+    first = index * w["block"]
+    for images, _ in chunks:
+        w["images"][first : first + len(images)] = images
+        first += len(images)
+    return time.perf_counter() - start, os.getpid(), w["memory"].snapshot()
 
 
 def generate(sources, args, work_dir, log):
-    """Writes N perturbed images into `work_dir/images.npy` (a memory map),
-    BLOCK by BLOCK on `args.workers` processes, resuming after the last
-    finished block (blocks finish in order; each has its own seed, so the
-    images do not depend on the number of workers). Returns the read-only
-    memory map and the wall seconds spent."""
+    """Writes N perturbed images into `work_dir/images.npy`, BLOCK by BLOCK
+    on `args.workers` processes, resuming after the last finished block.
+
+    Each worker receives the sources once, then only block numbers: it
+    draws the block's picks and perturbations from the block's own stream
+    and writes its images into the file itself (positional writes, no
+    memory map), so the parent copies nothing and the images do not depend
+    on the number of workers. Blocks are recorded as done in order.
+
+    Returns:
+        `(seconds, workers)`: the wall seconds spent generating, and the
+        workers' memory peaks, `{pid: {"rss_bytes", "anon_bytes",
+        "file_bytes"}}` (empty when nothing was left to generate).
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import numpy as np
-
-    rng = np.random.default_rng(args.seed)
-    picks = rng.choice(len(sources), size=args.n, replace=args.n > len(sources))
     size = 40 if args.protocol == "affnist" else sources.shape[1]
     path, progress_path = work_dir / "images.npy", work_dir / "progress.json"
-    identity = {"protocol": args.protocol, "digit": args.digit, "n": args.n,
-                "sigma": args.sigma, "seed": args.seed, "block": BLOCK}
+    identity = {
+        "protocol": args.protocol,
+        "digit": args.digit,
+        "n": args.n,
+        "sigma": args.sigma,
+        "seed": args.seed,
+        "block": BLOCK,
+        "picks": "per-block",
+    }
     progress = common.read_json(progress_path) if progress_path.exists() else None
     if progress is None or progress.get("identity") != identity or not path.exists():
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                           shape=(args.n, size, size))
-        del images
+        # Writes the header and sizes the (sparse) file; no page is touched.
+        created = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.uint8, shape=(args.n, size, size)
+        )
+        del created
         progress = {"identity": identity, "blocks_done": 0, "seconds": 0.0}
     else:
         log(f"resuming generation after block {progress['blocks_done']}")
     blocks = range(progress["blocks_done"], -(-args.n // BLOCK))
-    tasks = [(str(path), sources, picks[i * BLOCK:(i + 1) * BLOCK], args.protocol, args.sigma,
-              _block_seed(args.seed, i), i * BLOCK) for i in blocks]
+    workers = {}
+    if not blocks:
+        return progress["seconds"], workers
     start = time.perf_counter()
     # "spawn": the parent has loaded the backend, which must not be forked.
-    with ProcessPoolExecutor(max_workers=max(1, min(args.workers, len(tasks) or 1)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        for index, _ in zip(blocks, pool.map(_make_block, *zip(*tasks, strict=True)),
-                            strict=True) if tasks else ():
+    with (
+        _environment(WORKER_ENVIRONMENT),
+        ProcessPoolExecutor(
+            max_workers=max(1, min(args.workers, len(blocks))),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(
+                str(path),
+                sources,
+                {
+                    "protocol": args.protocol,
+                    "sigma": args.sigma,
+                    "seed": args.seed,
+                    "n": args.n,
+                    "block": BLOCK,
+                },
+            ),
+        ) as pool,
+    ):
+        for index, (_, pid, peaks) in zip(blocks, pool.map(_make_block, blocks), strict=True):
+            workers[pid] = peaks
             progress["blocks_done"] = index + 1
             progress["seconds"] += time.perf_counter() - start
             start = time.perf_counter()
             common.write_json_atomic(progress_path, progress)
             log(f"generated {min((index + 1) * BLOCK, args.n)}/{args.n} images")
-    return np.load(path, mmap_mode="r"), progress["seconds"]
+    return progress["seconds"], workers
+
+
+def _workers_memory(workers):
+    """The generation workers' peaks: the largest of one worker and their
+    sum (an upper bound of what they held at once), per figure."""
+    out = {"count": len(workers)}
+    for key in ("rss_bytes", "anon_bytes", "file_bytes"):
+        values = [peaks[key] for peaks in workers.values() if peaks[key] is not None]
+        out[f"max_{key}"] = max(values) if values else None
+        out[f"sum_{key}"] = sum(values) if values else None
+    return out
+
+
+# === Training and alignment ===
+
+
+def _device_data():
+    """`fit_congealer`'s `device_data`: the set goes on an accelerator when
+    it fits ("auto"), never on a CPU, where the "device" is host memory."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return "auto" if jax.devices()[0].platform != "cpu" else False
+
+
+def _step_counter(limit=None):
+    """A callback that counts the training steps of this process and ends
+    training after `limit` of them (`None`: never)."""
+    import keras
+
+    class StepCounter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if limit is not None and self.steps >= limit:
+                self.model.stop_training = True
+
+    return StepCounter()
+
+
+def align_streamed(model, images, align_batch_size, log):
+    """Aligns `images` BLOCK by BLOCK into an `AlignmentMeter`. Returns the
+    meter and the seconds spent in its updates."""
+    from keras_congeal.datasets import as_float_images
+    from keras_congeal.metrics import AlignmentMeter
+
+    meter = AlignmentMeter(data_range=1.0)
+    meter_seconds = 0.0
+    for first in range(0, len(images), BLOCK):
+        batch = as_float_images(images[first : first + BLOCK], 255.0)
+        result = model.align(batch, batch_size=align_batch_size)
+        measured = time.perf_counter()
+        for at in range(0, len(batch), METER_CHUNK):
+            part = slice(at, at + METER_CHUNK)
+            meter.update(batch[part], result["aligned"][part], result["transforms"][part])
+        meter_seconds += time.perf_counter() - measured
+        del batch, result
+        if first // BLOCK % 10 == 0:
+            log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
+    return meter, meter_seconds
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if min(args.n, args.epochs, args.batch_size, args.workers, args.align_batch_size) < 1:
-        parser.error("--n, --epochs, --batch-size, --workers and --align-batch-size must "
-                     "be >= 1")
+        parser.error("--n, --epochs, --batch-size, --workers and --align-batch-size must be >= 1")
+    if args.train_steps is not None and args.train_steps < 1:
+        parser.error(f"--train-steps must be >= 1, got {args.train_steps}")
     if not 0 <= args.digit <= 9:
         parser.error(f"--digit must be 0..9, got {args.digit}")
     output = Path(args.output or common.RESULTS_DIR / f"million_{args.protocol}_n{args.n}.json")
@@ -156,18 +578,21 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    import keras
+    memory = MemoryPeaks().start()
+    with memory.phase("imports"):
+        import keras
 
-    from keras_congeal.data.mnist import load_mnist
-    from keras_congeal.datasets import as_float_images
-    from keras_congeal.metrics import AlignmentMeter
-    from keras_congeal.training import CongealSettings, fit_congealer
+        from keras_congeal.data.mnist import load_mnist
+        from keras_congeal.training import CongealSettings, fit_congealer
 
-    run = common.run_record(argv if argv is not None else sys.argv[1:],
-                            module="benchmarks.million", note=args.backend_note)
-    (x_train, y_train), _ = load_mnist(common.resolve_mnist(args.mnist))
-    sources = x_train[y_train == args.digit]
-    memory = {"after_imports_bytes": common.current_rss_bytes()}
+        run = common.run_record(
+            argv if argv is not None else sys.argv[1:],
+            module="benchmarks.million",
+            note=args.backend_note,
+        )
+        (x_train, y_train), _ = load_mnist(common.resolve_mnist(args.mnist))
+        sources = x_train[y_train == args.digit]
+        del x_train, y_train
 
     with contextlib.ExitStack() as stack:
         if args.work_dir:
@@ -175,66 +600,126 @@ def main(argv=None) -> int:
             work_dir.mkdir(parents=True, exist_ok=True)
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="million-")))
-        images, generate_seconds = generate(sources, args, work_dir, log)
-        memory["after_generation_peak_bytes"] = common.rss_bytes()
+        with memory.phase("generation"):
+            generate_seconds, workers = generate(sources, args, work_dir, log)
+        if args.read == "pread":
+            images = NpyRows(work_dir / "images.npy")
+            stack.callback(images.close)
+        else:
+            images = np.load(work_dir / "images.npy", mmap_mode="r")
 
-        settings = CongealSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                   seed=args.seed, precision=args.precision)
+        settings = CongealSettings(
+            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, precision=args.precision
+        )
         if args.learning_rate:
             settings = settings.replace(learning_rate=args.learning_rate)
-        backup = keras.callbacks.BackupAndRestore(str(work_dir / "backup"),
-                                                  delete_checkpoint=False)
-        start = time.perf_counter()
-        model, history = fit_congealer(images, settings, monitor_size=1000, verbose=2,
-                                       callbacks=[backup])
-        train_seconds = time.perf_counter() - start
-        memory["after_training_peak_bytes"] = common.rss_bytes()
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)
+        ]
+        counter = _step_counter(args.train_steps)
+        callbacks.append(counter)
+        device_data = _device_data()
+        with memory.phase("training"):
+            start = time.perf_counter()
+            model, history = fit_congealer(
+                images,
+                settings,
+                monitor_size=1000,
+                verbose=2,
+                callbacks=callbacks,
+                device_data=device_data,
+            )
+            train_seconds = time.perf_counter() - start
 
-        start = time.perf_counter()
-        meter = AlignmentMeter(data_range=1.0)
-        meter_seconds = 0.0
-        for first in range(0, len(images), BLOCK):
-            batch = as_float_images(images[first:first + BLOCK], 255.0)
-            result = model.align(batch, batch_size=args.align_batch_size)
-            measured = time.perf_counter()
-            meter.update(batch, result["aligned"], result["transforms"])
-            meter_seconds += time.perf_counter() - measured
-            if first // BLOCK % 10 == 0:
-                log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
-        align_seconds = time.perf_counter() - start
-        memory["peak_bytes"] = common.rss_bytes()
-        memory["image_stack_bytes"] = int(images.nbytes)
+        with memory.phase("alignment"):
+            start = time.perf_counter()
+            meter, meter_seconds = align_streamed(model, images, args.align_batch_size, log)
+            align_seconds = time.perf_counter() - start
         summary = meter.summary()
-        del images
+        image_stack_bytes = int(images.nbytes)
+        del images, model
+        # The training input iterator (unfinished after --train-steps) is
+        # finalised now, not during the interpreter's shutdown (TensorFlow
+        # warns then).
+        gc.collect()
+    memory.stop()
 
+    phases = memory.phases
+    rss = [p["rss_bytes"] for p in phases.values() if p["rss_bytes"] is not None]
+    anon = [p["anon_bytes"] for p in phases.values() if p["anon_bytes"] is not None]
+    worker_memory = _workers_memory(workers)
+    memory_report = {
+        "method": "per phase: rss_bytes = the process's peak resident memory (VmHWM reset "
+        "by /proc/self/clear_refs at the phase start), anon_bytes = peak "
+        "anonymous memory (RssAnon), file_bytes = peak file-backed memory "
+        "(RssFile + RssShmem: shared libraries, memory maps), the last two sampled "
+        "every 10 ms; generation_workers: each worker process's own peaks "
+        "(max of one, sum of all); peak_bytes: the largest phase rss_bytes "
+        "(ru_maxrss off Linux); generation_total_*: the parent's generation peak "
+        "plus the workers' sum (the rss total counts the shared libraries once "
+        "per worker: an upper bound)",
+        "phases": phases,
+        "generation_workers": worker_memory,
+        "peak_bytes": max(rss) if rss else common.rss_bytes(),
+        "peak_anon_bytes": max(anon) if anon else None,
+        "generation_total_rss_bytes": (
+            phases["generation"]["rss_bytes"] + (worker_memory["sum_rss_bytes"] or 0)
+            if phases["generation"]["rss_bytes"] is not None
+            else None
+        ),
+        "generation_total_anon_bytes": (
+            phases["generation"]["anon_bytes"] + (worker_memory["sum_anon_bytes"] or 0)
+            if phases["generation"]["anon_bytes"] is not None
+            else None
+        ),
+        "image_stack_bytes": image_stack_bytes,
+    }
     epochs_run = len(history.history.get("loss", []))
     report = {
-        "schema": SCHEMA, "run": run,
-        "config": {"protocol": args.protocol, "digit": args.digit, "n": args.n,
-                   "sigma": args.sigma if args.protocol == "perspective" else None,
-                   "seed": args.seed, "block": BLOCK, "settings": settings.to_dict()},
+        "schema": SCHEMA,
+        "run": run,
+        "config": {
+            "protocol": args.protocol,
+            "digit": args.digit,
+            "n": args.n,
+            "sigma": args.sigma if args.protocol == "perspective" else None,
+            "seed": args.seed,
+            "block": BLOCK,
+            "read": args.read,
+            "device_data": device_data,
+            "train_steps": args.train_steps,
+            "settings": settings.to_dict(),
+        },
         "generate_seconds": generate_seconds,
         "train_seconds": train_seconds,
         "epochs_run_in_this_process": epochs_run,
-        "train_images_per_second": epochs_run * args.n / train_seconds if epochs_run else None,
+        "steps_run_in_this_process": counter.steps,
+        "train_images_per_second": (
+            min(counter.steps * args.batch_size, epochs_run * args.n) / train_seconds
+            if epochs_run
+            else None
+        ),
         "align_seconds": align_seconds,
         "align_images_per_second": args.n / align_seconds,
         "align_metrics_seconds": meter_seconds,
         "train_plus_align_seconds": train_seconds + align_seconds,
         "workers": args.workers,
-        "memory": memory,
+        "memory": memory_report,
         "summary": summary,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     common.write_json_atomic(output, report)
     rate = report["train_images_per_second"]
-    print(f"{args.protocol} digit {args.digit}, N = {args.n}: APSNR "
-          f"{summary['apsnr_before']:.2f} -> {summary['apsnr_after']:.2f} dB, ink kept "
-          f"{summary['ink_kept']:.2f}, content scale {summary['content_scale_median']:.2f}; "
-          f"train {train_seconds:.1f} s"
-          + (f" ({rate:.0f} img/s)" if rate else "")
-          + f", align {align_seconds:.1f} s ({report['align_images_per_second']:.0f} img/s), "
-          f"peak memory {memory['peak_bytes'] / 2**20:.0f} MiB; wrote {output}", flush=True)
+    print(
+        f"{args.protocol} digit {args.digit}, N = {args.n}: APSNR "
+        f"{summary['apsnr_before']:.2f} -> {summary['apsnr_after']:.2f} dB, ink kept "
+        f"{summary['ink_kept']:.2f}, content scale {summary['content_scale_median']:.2f}; "
+        f"generate {generate_seconds:.1f} s, train {train_seconds:.1f} s"
+        + (f" ({rate:.0f} img/s)" if rate else "")
+        + f", align {align_seconds:.1f} s ({report['align_images_per_second']:.0f} img/s), "
+        f"peak memory {memory_report['peak_bytes'] / 2**20:.0f} MiB; wrote {output}",
+        flush=True,
+    )
     return 0
 
 

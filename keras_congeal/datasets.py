@@ -4,8 +4,12 @@
 slices (a NumPy array, a `np.load(..., mmap_mode="r")` memory map, an h5py
 dataset): it reads one batch at a time, converts it to float32 in [0, 1] and
 adds the channel axis of grey images, so the whole set never needs to be in
-memory. It works on every Keras backend; on TensorFlow, Keras turns it into a
-`tf.data` pipeline itself (also under `MirroredStrategy`).
+memory. (A memory map keeps the pages it has read resident, as file-backed
+memory that the kernel reclaims under pressure: up to the whole file after
+an epoch. An array-like that reads each slice into a new array with file
+reads, as `benchmarks/million.py` does, keeps one batch resident.) It works
+on every Keras backend; on TensorFlow, Keras turns it into a `tf.data`
+pipeline itself (also under `MirroredStrategy`).
 
 `DeviceImageBatches` (JAX backend) gives the same batches in the same order
 from a copy of the whole set held on the device: uploaded once, block by
@@ -30,7 +34,8 @@ def as_float_images(batch, data_range=None):
     batch = np.asarray(batch)
     if data_range is None:
         data_range = value_range_of(batch.dtype)
-    out = batch.astype("float32") / np.float32(data_range)
+    out = batch.astype("float32")  # a new array: scaled in place, no second copy
+    out /= np.float32(data_range)
     return out[..., None] if out.ndim == 3 else out
 
 
@@ -57,8 +62,17 @@ class ImageBatches(keras.utils.PyDataset):
             `max_queue_size`).
     """
 
-    def __init__(self, images, batch_size=64, shuffle=True, seed=0, drop_remainder=False,
-                 multiple_of=1, process=(0, 1), **kwargs):
+    def __init__(
+        self,
+        images,
+        batch_size=64,
+        shuffle=True,
+        seed=0,
+        drop_remainder=False,
+        multiple_of=1,
+        process=(0, 1),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if len(images) == 0:
             raise ValueError("`images` is empty: expected at least one image.")
@@ -68,13 +82,17 @@ class ImageBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         if multiple_of < 1 or self.batch_size % multiple_of:
-            raise ValueError(f"Expected batch_size ({batch_size}) to be a multiple of "
-                             f"multiple_of ({multiple_of}).")
+            raise ValueError(
+                f"Expected batch_size ({batch_size}) to be a multiple of "
+                f"multiple_of ({multiple_of})."
+            )
         index, count = process
         if count < 1 or not 0 <= index < count or multiple_of % count:
-            raise ValueError(f"Invalid process={process!r}: expected (index, count) with "
-                             f"0 <= index < count and multiple_of ({multiple_of}) a multiple "
-                             "of count.")
+            raise ValueError(
+                f"Invalid process={process!r}: expected (index, count) with "
+                f"0 <= index < count and multiple_of ({multiple_of}) a multiple "
+                "of count."
+            )
         self.process = (int(index), int(count))
         last = len(images) % self.batch_size
         # A last batch smaller than `multiple_of` is dropped.
@@ -92,8 +110,11 @@ class ImageBatches(keras.utils.PyDataset):
     def _bounds(self, index):
         """First image and size of batch `index` (in this epoch's order)."""
         block = int(self._order[index])
-        size = self._last_size if block == math.ceil(len(self.images) / self.batch_size) - 1 \
+        size = (
+            self._last_size
+            if block == math.ceil(len(self.images) / self.batch_size) - 1
             else self.batch_size
+        )
         return block * self.batch_size, size
 
     def _local_bounds(self, index):
@@ -105,8 +126,9 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         start, size = self._local_bounds(index)
-        batch = as_float_images(self.images[start:start + size], self.data_range)
-        if not np.all(np.isfinite(batch)):
+        batch = as_float_images(self.images[start : start + size], self.data_range)
+        # Integer images are finite: only floats are checked.
+        if self.images.dtype.kind == "f" and not np.all(np.isfinite(batch)):
             raise ValueError(
                 f"Images {start}..{start + len(batch) - 1} contain NaN or infinite values."
             )
@@ -130,23 +152,23 @@ class DeviceImageBatches(ImageBatches):
 
     UPLOAD_BLOCK = 65536
 
-    def __init__(self, images, batch_size=64, shuffle=True, seed=0, drop_remainder=False,
-                 multiple_of=1, **kwargs):
+    def __init__(self, images, *args, **kwargs):  # `ImageBatches`' arguments
         import jax
 
-        super().__init__(images, batch_size, shuffle=shuffle, seed=seed,
-                         drop_remainder=drop_remainder, multiple_of=multiple_of, **kwargs)
+        super().__init__(images, *args, **kwargs)
         distribution = keras.distribution.distribution()
         sharding = None
         if distribution is not None:  # the set replicated on every device
             sharding = keras.distribution.TensorLayout(
-                [None] * 4, distribution.device_mesh).backend_layout
+                [None] * 4, distribution.device_mesh
+            ).backend_layout
         blocks = []
         for start in range(0, len(images), self.UPLOAD_BLOCK):
-            block = np.asarray(images[start:start + self.UPLOAD_BLOCK])
+            block = np.asarray(images[start : start + self.UPLOAD_BLOCK])
             if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
-                raise ValueError(f"Images {start}..{start + len(block) - 1} contain NaN or "
-                                 "infinite values.")
+                raise ValueError(
+                    f"Images {start}..{start + len(block) - 1} contain NaN or infinite values."
+                )
             if block.ndim == 3:
                 block = block[..., None]
             blocks.append(jax.device_put(block, sharding))

@@ -1,5 +1,6 @@
-"""A tiny run of `benchmarks.million`: streamed generation into a memory map,
-training from it, chunked alignment, and resuming from `--work-dir`."""
+"""A tiny run of `benchmarks.million`: streamed generation into a `.npy` file,
+training from it, chunked alignment, and resuming from `--work-dir`; the file
+reader (`NpyRows`) and the per-phase memory figures (`MemoryPeaks`)."""
 
 import json
 
@@ -25,7 +26,13 @@ def test_million_streams_and_resumes(tmp_path, monkeypatch, capsys):
     assert data["schema"] == million.SCHEMA and data["config"]["n"] == 120
     assert data["summary"]["images"] == 120 and data["epochs_run_in_this_process"] == 1
     assert data["summary"]["apsnr_before"] > 0 and 0 < data["summary"]["ink_kept"] < 2
-    assert data["memory"]["image_stack_bytes"] == 120 * 28 * 28
+    memory = data["memory"]
+    assert memory["image_stack_bytes"] == 120 * 28 * 28
+    assert set(memory["phases"]) == {"imports", "generation", "training", "alignment"}
+    assert memory["generation_workers"]["count"] >= 1
+    if memory["peak_anon_bytes"] is not None:  # Linux
+        for phase in memory["phases"].values():
+            assert 0 < phase["anon_bytes"] <= phase["rss_bytes"] <= memory["peak_bytes"]
     assert json.loads((work / "progress.json").read_text())["blocks_done"] == 3
     images = np.load(work / "images.npy")
     assert images.shape == (120, 28, 28) and images.dtype == np.uint8 and images.any()
@@ -50,7 +57,9 @@ def test_million_blocks_are_reproducible(tmp_path, monkeypatch):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     whole.mkdir()
     resumed.mkdir()
-    first, _ = million.generate(sources, args, whole, lambda message: None)
+    million.generate(sources, args, whole, lambda message: None)
+    first = np.load(whole / "images.npy")
+    assert first.shape == (100, 28, 28) and first[-1].any()
 
     # A run killed after its first block: block 1 on disk, block 2 empty.
     stale = np.zeros_like(first)
@@ -59,25 +68,122 @@ def test_million_blocks_are_reproducible(tmp_path, monkeypatch):
     progress = dict(common.read_json(whole / "progress.json"), blocks_done=1)
     common.write_json_atomic(resumed / "progress.json", progress)
     messages = []
-    second, _ = million.generate(sources, args, resumed, messages.append)
-    assert messages[0] == "resuming generation after block 1"
-    np.testing.assert_array_equal(first, second)
+    _, workers = million.generate(sources, args, resumed, messages.append)
+    assert messages[0] == "resuming generation after block 1" and len(workers) == 1
+    np.testing.assert_array_equal(first, np.load(resumed / "images.npy"))
 
     # One worker makes the same images as several.
     single = tmp_path / "single"
     single.mkdir()
     one_worker = million._parser().parse_args(["--n", "100", "--workers", "1"])
-    alone, _ = million.generate(sources, one_worker, single, messages.append)
-    np.testing.assert_array_equal(first, alone)
+    million.generate(sources, one_worker, single, messages.append)
+    np.testing.assert_array_equal(first, np.load(single / "images.npy"))
 
     # Another configuration in the same directory starts over.
     other = million._parser().parse_args(["--n", "100", "--seed", "1"])
-    third, _ = million.generate(sources, other, resumed, messages.append)
-    assert not np.array_equal(first, third)
+    million.generate(sources, other, resumed, messages.append)
+    assert not np.array_equal(first, np.load(resumed / "images.npy"))
 
 
 def test_million_bad_arguments():
-    for bad in (["--n", "0"], ["--epochs", "0"], ["--digit", "12"], ["--protocol", "emnist"],
-                ["--workers", "0"]):
+    for bad in (
+        ["--n", "0"],
+        ["--epochs", "0"],
+        ["--digit", "12"],
+        ["--protocol", "emnist"],
+        ["--workers", "0"],
+        ["--train-steps", "0"],
+    ):
         with pytest.raises(SystemExit):
             million.main(bad)
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.uint8, (37, 5, 4)), (np.float32, (37, 5, 4, 3))])
+def test_npy_rows_reads_like_the_array(tmp_path, dtype, shape):
+    array = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    rows = million.NpyRows(path)
+    assert (len(rows), rows.shape, rows.dtype, rows.ndim) == (37, shape, array.dtype, len(shape))
+    assert rows.nbytes == array.nbytes
+    for key in (
+        0,
+        36,
+        -1,
+        -37,
+        slice(None),
+        slice(3, 11),
+        slice(30, 99),
+        slice(5, 2),
+        slice(-4, None),
+        slice(1, 30, 7),
+        slice(None, None, -3),
+        np.array([4, 5, 6, 20, 2, 3, 3, 36]),
+        np.array([], int),
+        [-1, 0],
+        np.arange(37) % 3 == 0,
+    ):
+        np.testing.assert_array_equal(rows[key], array[key], err_msg=repr(key))
+    np.testing.assert_array_equal(np.asarray(rows), array)
+    for bad in (37, -38, np.array([0, 37])):
+        with pytest.raises(IndexError):
+            rows[bad]
+    with pytest.raises(TypeError):
+        rows[np.array([0.5])]
+    with pytest.raises(ValueError, match="read-only"):
+        rows[0:1] = array[:1]
+    rows.close()
+
+
+def test_npy_rows_writes_contiguous_rows(tmp_path):
+    path = tmp_path / "w.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(10, 3, 2)).flush()
+    rows = million.NpyRows(path, writable=True)
+    block = np.arange(24, dtype=np.uint8).reshape(4, 3, 2)
+    rows[5:9] = block
+    expected = np.zeros((10, 3, 2), np.uint8)
+    expected[5:9] = block
+    np.testing.assert_array_equal(np.load(path), expected)
+    with pytest.raises(ValueError, match="expected 2 rows"):
+        rows[0:2] = block
+    with pytest.raises(TypeError):
+        rows[0:4:2] = block[:2]
+    with pytest.raises(ValueError, match="C-order"):
+        np.save(tmp_path / "f.npy", np.asfortranarray(np.zeros((4, 3, 2))))
+        million.NpyRows(tmp_path / "f.npy")
+
+
+@pytest.mark.skipif(not million._memory_status(), reason="needs Linux /proc/self/status")
+def test_memory_peaks_tell_anonymous_from_file_backed(tmp_path):
+    """A memory-mapped read shows as file-backed memory; positional reads and
+    allocations as anonymous memory, freed with the array."""
+    size = 64 * 2**20
+    path = tmp_path / "big.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(64, 2**20))[:] = 1
+    memory = million.MemoryPeaks(interval=0.005).start()
+    with memory.phase("pread"):
+        rows = million.NpyRows(path)
+        total = 0
+        for start in range(0, 64, 8):
+            total += int(rows[start : start + 8].sum(dtype=np.int64))
+        rows.close()
+    # The map and the array stay alive to the end of their phase, where the
+    # last sample is taken.
+    with memory.phase("mmap"):
+        mapped = np.load(path, mmap_mode="r")
+        total += int(mapped.sum(dtype=np.int64))
+    del mapped
+    with memory.phase("allocate"):
+        block = np.ones(size, np.uint8)
+    del block
+    memory.stop()
+    assert total == 2 * size
+    pread, mmap, allocate = (memory.phases[k] for k in ("pread", "mmap", "allocate"))
+    assert mmap["file_bytes"] >= pread["file_bytes"] + 0.9 * size
+    assert mmap["anon_bytes"] < pread["anon_bytes"] + 0.1 * size
+    assert allocate["anon_bytes"] >= pread["anon_bytes"] + 0.9 * size
+    assert allocate["file_bytes"] < pread["file_bytes"] + 0.1 * size
+    # The exact high-water mark: at least what was resident at the phase's
+    # end, and about one array more than the pread phase.
+    assert allocate["rss_bytes"] >= allocate["anon_bytes"] + allocate["file_bytes"] - 2**20
+    assert allocate["rss_bytes"] < pread["rss_bytes"] + 1.5 * size

@@ -2,44 +2,18 @@
 infiMNIST-like digits, and the built-in demo set.
 
 Command line: `python -m keras_congeal.data --help`.
+
+The names exported are those of `keras_congeal.data.mnist` and
+`keras_congeal.data.perturb` (each module's `__all__`, listed once there),
+and `load_demo`.
 """
 
-from keras_congeal.data.mnist import (
-    DATA_ENV_VAR,
-    load_mnist,
-    mnist_digit_indices,
-    mnist_digit_subset,
-    resolve_mnist_path,
-)
-from keras_congeal.data.perturb import (
-    affnist_like,
-    homography_from_corners,
-    infimnist_like,
-    iter_affnist_like,
-    iter_infimnist_like,
-    iter_oracle_align,
-    iter_perspective_perturbation,
-    oracle_align,
-    perspective_perturbation,
-)
+from keras_congeal.data import mnist as _mnist
+from keras_congeal.data import perturb as _perturb
+from keras_congeal.data.mnist import *  # noqa: F403 (the names of mnist.__all__)
+from keras_congeal.data.perturb import *  # noqa: F403 (the names of perturb.__all__)
 
-__all__ = [
-    "DATA_ENV_VAR",
-    "load_mnist",
-    "resolve_mnist_path",
-    "mnist_digit_indices",
-    "mnist_digit_subset",
-    "homography_from_corners",
-    "perspective_perturbation",
-    "iter_perspective_perturbation",
-    "oracle_align",
-    "iter_oracle_align",
-    "affnist_like",
-    "iter_affnist_like",
-    "infimnist_like",
-    "iter_infimnist_like",
-    "load_demo",
-]
+__all__ = [*_mnist.__all__, *_perturb.__all__, "load_demo"]  # noqa: F405 (load_demo: below)
 
 
 def __getattr__(name):

@@ -19,6 +19,9 @@ Images are (N, H, W) or (N, H, W, C). Integer images come back rounded and
 clipped to their dtype (uint8 in, uint8 out); float images keep their dtype.
 """
 
+import functools
+import inspect
+
 import numpy as np
 from keras import ops
 
@@ -57,6 +60,25 @@ def _check_images(images, chunk_size):
         )
     if chunk_size < 1:
         raise ValueError(f"Expected `chunk_size` >= 1, received {chunk_size}.")
+
+
+def _takes_arguments_of(function):
+    """Decorator: the decorated function takes `function`'s arguments, by its
+    signature (names and defaults written once, there), and receives them all
+    bound, defaults applied. For an `iter_*` form and its whole-array form."""
+    signature = inspect.signature(function)
+
+    def decorate(body):
+        @functools.wraps(body)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(**bound.arguments)
+
+        wrapper.__signature__ = signature
+        return wrapper
+
+    return decorate
 
 
 def _chunks(images, chunk_size):
@@ -126,9 +148,7 @@ def homography_from_corners(src_points, dst_points):
     dst = np.asarray(dst_points, np.float64)
     src, dst = np.broadcast_arrays(src, dst)
     if src.shape[-2:] != (4, 2):
-        raise ValueError(
-            f"Expected points of shape (N, 4, 2) or (4, 2), received {src.shape}."
-        )
+        raise ValueError(f"Expected points of shape (N, 4, 2) or (4, 2), received {src.shape}.")
     src = src.reshape(-1, 4, 2)
     dst = dst.reshape(-1, 4, 2)
     x, y = src[..., 0], src[..., 1]
@@ -141,9 +161,7 @@ def homography_from_corners(src_points, dst_points):
     try:
         h = np.linalg.solve(system, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError as error:
-        raise ValueError(
-            "Degenerate corners: three of the four points are collinear."
-        ) from error
+        raise ValueError("Degenerate corners: three of the four points are collinear.") from error
     return np.concatenate([h, np.ones_like(h[:, :1])], axis=1).reshape(-1, 3, 3)
 
 
@@ -171,11 +189,7 @@ def _iter_perspective(images, sigma, rng, chunk_size):
         if sigma == 0:
             yield chunk.copy(), np.tile(np.eye(3), (len(chunk), 1, 1))
             continue
-        moved = (
-            corners
-            + noise[:, :8].reshape(-1, 4, 2) * scale
-            + noise[:, None, 8:] * scale
-        )
+        moved = corners + noise[:, :8].reshape(-1, 4, 2) * scale + noise[:, None, 8:] * scale
         src_from_dst = homography_from_corners(corners, moved)
         yield _cast_like(_warp(chunk, src_from_dst), chunk.dtype), src_from_dst
 
@@ -329,9 +343,7 @@ def _iter_affnist(images, rng, chunk_size):
         box = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], axis=1)
         landed = np.einsum("nij,nkj->nki", linear, box - centre) + centre
         t_low, t_high = low - landed.min(axis=1), high - landed.max(axis=1)
-        shift = np.where(
-            t_high >= t_low, t_low + u[:, 4:] * (t_high - t_low), (t_low + t_high) / 2
-        )
+        shift = np.where(t_high >= t_low, t_low + u[:, 4:] * (t_high - t_low), (t_low + t_high) / 2)
         dst_from_src = np.tile(np.eye(3), (n, 1, 1))
         dst_from_src[:, :2, :2] = linear
         dst_from_src[:, :2, 2] = centre - np.einsum("nij,j->ni", linear, centre) + shift
@@ -397,32 +409,6 @@ def _thicken(images, amount):
     return images + thick + thin
 
 
-def iter_infimnist_like(
-    images,
-    seed=0,
-    alpha=1.5,
-    sigma=4.0,
-    thickening_prob=0.5,
-    max_shift=2.0,
-    chunk_size=CHUNK_SIZE,
-):
-    """Chunks of `infimnist_like`; see it for the arguments.
-
-    Yields:
-        `(deformed, matrices)` for consecutive chunks of `images`.
-    """
-    _check_images(images, chunk_size)
-    if not (alpha >= 0 and sigma > 0 and 0 <= thickening_prob <= 1 and max_shift >= 0):
-        raise ValueError(
-            "Expected alpha >= 0, sigma > 0, 0 <= thickening_prob <= 1 and "
-            f"max_shift >= 0, received alpha={alpha!r}, sigma={sigma!r}, "
-            f"thickening_prob={thickening_prob!r}, max_shift={max_shift!r}."
-        )
-    rng = np.random.default_rng(seed)
-    params = (alpha, sigma, thickening_prob, max_shift)
-    return _iter_infimnist(images, rng, params, chunk_size)
-
-
 def _iter_infimnist(images, rng, params, chunk_size):
     alpha, sigma, thickening_prob, max_shift = params
     height, width = images.shape[1], images.shape[2]
@@ -439,9 +425,7 @@ def _iter_infimnist(images, rng, params, chunk_size):
         # standard deviation, then `alpha` pixels.
         field = smooth_y @ noise @ smooth_x.T
         field *= np.sqrt(3.0) * alpha
-        amount = np.where(
-            u[:, field_size] < thickening_prob, 2.0 * u[:, field_size + 1] - 1.0, 0.0
-        )
+        amount = np.where(u[:, field_size] < thickening_prob, 2.0 * u[:, field_size + 1] - 1.0, 0.0)
         shift = max_shift * (2.0 * u[:, field_size + 2 :] - 1.0)
         source = _thicken(chunk.astype(np.float32), amount)
         if source.ndim == 3:
@@ -503,7 +487,25 @@ def infimnist_like(
         (`src_from_dst`, the global part of the deformation;
         `oracle_align(deformed, matrices)` re-centres the digits).
     """
-    chunks = iter_infimnist_like(
-        images, seed, alpha, sigma, thickening_prob, max_shift, chunk_size
-    )
+    chunks = iter_infimnist_like(images, seed, alpha, sigma, thickening_prob, max_shift, chunk_size)
     return _collect(chunks, len(images), images.shape[1:], images.dtype)
+
+
+@_takes_arguments_of(infimnist_like)
+def iter_infimnist_like(images, seed, alpha, sigma, thickening_prob, max_shift, chunk_size):
+    """Chunks of `infimnist_like`; see it for the arguments (its signature,
+    defaults included).
+
+    Yields:
+        `(deformed, matrices)` for consecutive chunks of `images`.
+    """
+    _check_images(images, chunk_size)
+    if not (alpha >= 0 and sigma > 0 and 0 <= thickening_prob <= 1 and max_shift >= 0):
+        raise ValueError(
+            "Expected alpha >= 0, sigma > 0, 0 <= thickening_prob <= 1 and "
+            f"max_shift >= 0, received alpha={alpha!r}, sigma={sigma!r}, "
+            f"thickening_prob={thickening_prob!r}, max_shift={max_shift!r}."
+        )
+    rng = np.random.default_rng(seed)
+    params = (alpha, sigma, thickening_prob, max_shift)
+    return _iter_infimnist(images, rng, params, chunk_size)

@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 from skimage.transform import ProjectiveTransform
@@ -7,6 +9,7 @@ from keras_congeal.data import (
     affnist_like,
     homography_from_corners,
     infimnist_like,
+    iter_infimnist_like,
     iter_perspective_perturbation,
     oracle_align,
     perspective_perturbation,
@@ -254,6 +257,31 @@ def test_infimnist_reproducible(make_digits):
     np.testing.assert_array_equal(first[1], again[1])
     with pytest.raises(ValueError, match="sigma > 0"):
         infimnist_like(images, sigma=0)
+
+
+def test_iter_infimnist_takes_the_same_arguments(make_digits):
+    images = make_digits(9, 7)
+    assert inspect.signature(iter_infimnist_like) == inspect.signature(infimnist_like)
+    # Positional arguments in the signature's order: seed, alpha, sigma,
+    # thickening_prob, max_shift, chunk_size.
+    whole, matrices = infimnist_like(images, 5, 1.0, 3.0, 1.0, 1.0, 4)
+    chunks = list(iter_infimnist_like(images, 5, 1.0, 3.0, 1.0, 1.0, 4))
+    assert [len(chunk) for chunk, _ in chunks] == [4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), whole)
+    np.testing.assert_array_equal(np.concatenate([m for _, m in chunks]), matrices)
+    # Defaults come from the one signature: alpha=1.5 differs from alpha=1.0.
+    default, _ = infimnist_like(images, 5, thickening_prob=1.0, max_shift=1.0, sigma=3.0)
+    first, _ = next(
+        iter_infimnist_like(
+            images, seed=5, thickening_prob=1.0, max_shift=1.0, sigma=3.0, chunk_size=9
+        )
+    )
+    np.testing.assert_array_equal(first, default)
+    assert not np.array_equal(default, whole)
+    with pytest.raises(TypeError, match="alpah"):
+        iter_infimnist_like(images, alpah=1.0)
+    with pytest.raises(ValueError, match="thickening_prob"):
+        iter_infimnist_like(images, thickening_prob=2.0)
 
 
 @pytest.mark.data
