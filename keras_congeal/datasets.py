@@ -93,6 +93,11 @@ class ImageBatches(keras.utils.PyDataset):
                 f"0 <= index < count and multiple_of ({multiple_of}) a multiple "
                 "of count."
             )
+        if len(images) < multiple_of:
+            raise ValueError(
+                f"{len(images)} image(s) are fewer than multiple_of ({multiple_of}): "
+                "no batch would divide among the devices."
+            )
         self.process = (int(index), int(count))
         last = len(images) % self.batch_size
         # A last batch smaller than `multiple_of` is dropped.

@@ -174,6 +174,9 @@ def test_processes_read_equal_slices_of_each_batch():
         ({"batch_size": 4, "multiple_of": 0}, "multiple_of"),
         ({"batch_size": 4, "multiple_of": 4, "process": (2, 2)}, r"Invalid process=\(2, 2\)"),
         ({"batch_size": 4, "multiple_of": 2, "process": (0, 4)}, "multiple of count"),
+        # One image, two devices: the only batch would hold no image.
+        ({"images": COUNTING[:1], "batch_size": 4, "multiple_of": 2},
+         r"1 image\(s\) are fewer than multiple_of \(2\)"),
     ],
 )
 def test_bad_arguments(kwargs, match):
