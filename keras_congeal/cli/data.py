@@ -187,13 +187,10 @@ def run(parser, args) -> int:
         args: the parsed `argparse.Namespace`.
     """
     outputs = _check_args(parser, args)
-    load_frameworks()  # the generators use Keras
-    import keras
-
+    # MNIST is read and the count checked before Keras loads (seconds): the
+    # data package imports its Keras generators only on first use.
     from keras_congeal.data.mnist import DATA_ENV_VAR, load_mnist, mnist_digit_indices
-    from keras_congeal.data.perturb import AFFNIST_PADDING, CHUNK_SIZE
 
-    chunk_size = args.chunk_size or CHUNK_SIZE
     if args.mnist is None and not os.environ.get(DATA_ENV_VAR):
         parser.error(
             f"MNIST not found: pass --mnist (mnist.npz or its directory) or set "
@@ -202,7 +199,7 @@ def run(parser, args) -> int:
     try:
         train, test = load_mnist(args.mnist)
     except (KeyError, OSError, ValueError) as error:
-        parser.error(f"cannot read MNIST: {str(error).strip(chr(34) + chr(39))}")
+        parser.error(f"cannot read MNIST: {str(error).strip(chr(34) + chr(39)).rstrip('.')}")
     pool, labels = train if args.split == "train" else test
     count = int(np.sum(labels == args.digit))
     if args.n <= count:
@@ -215,6 +212,12 @@ def run(parser, args) -> int:
     else:
         candidates = np.flatnonzero(labels == args.digit)
         indices = candidates[np.random.default_rng([args.seed, 1]).integers(0, count, args.n)]
+    load_frameworks()  # the generators use Keras
+    import keras
+
+    from keras_congeal.data.perturb import AFFNIST_PADDING, CHUNK_SIZE
+
+    chunk_size = args.chunk_size or CHUNK_SIZE
     sources = _Sources(pool, indices)
 
     size = pool.shape[1] + (2 * AFFNIST_PADDING if args.dataset == "affnist" else 0)

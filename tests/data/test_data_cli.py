@@ -135,7 +135,9 @@ def test_module_entry_point(tmp_path):
         cwd=root, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("python -m keras_congeal.data: error")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no framework start-up lines
+    assert lines[0].startswith("python -m keras_congeal.data: error: --digit")
     assert os.listdir(tmp_path) == []
 
 
