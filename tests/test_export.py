@@ -350,3 +350,20 @@ def test_subcommand_exports_in_a_real_process(saved_model, tmp_path):
     expected = congealer("mnist", "affine", MNIST).align(images)
     np.testing.assert_allclose(aligned, expected["aligned"], atol=1e-4)
     _assert_transforms_close(transforms, expected["transforms"])
+
+
+@pytest.mark.parametrize("program", ["subcommand", "module"])
+def test_bad_model_is_one_line_without_start_up_noise(tmp_path, program):
+    # A model that fails only once TensorFlow has loaded: TensorFlow's start-up
+    # lines (absl's preamble, oneDNN's notice) were printed before the error.
+    from tests.test_cli_process import keras_congeal
+
+    (tmp_path / "m.keras").write_text("not a zip")
+    command = None if program == "subcommand" else [sys.executable, "-m", "keras_congeal.export"]
+    argv = ["m.keras", "a.onnx"] if command else ["export", "m.keras", "a.onnx"]
+    result = keras_congeal(argv, cwd=tmp_path, program=command)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "m.keras: cannot load it as a Keras model" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]

@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from keras_congeal.cli._frameworks import load_frameworks
 from keras_congeal.cli._parser import Command, count_or
 from keras_congeal.export.contract import ExportError
 from keras_congeal.export.onnx import (
@@ -116,6 +117,7 @@ def run(parser, args) -> int:
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     try:
+        load_frameworks()  # TensorFlow's start-up lines held back from stderr
         require_tensorflow()
         congealer = load_congealer(args.model)
         result = export_onnx(
