@@ -215,6 +215,9 @@ class Protocol:
             parser.error("--epochs must be >= 1")
         if args.rasl_max_iter < 1:
             parser.error("--rasl-max-iter must be >= 1")
+        if getattr(args, "retry_failed", False) and not args.resume:
+            # Without --resume the results file is started afresh: nothing to retry.
+            parser.error("--retry-failed needs --resume (without it the results file is replaced)")
         self.check_arguments(args, parser)
         return args, parser
 

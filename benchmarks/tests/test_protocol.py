@@ -185,6 +185,13 @@ def test_failures_are_recorded_and_retried_on_request(tmp_path, capsys):
     toy = Toy(record_failures=True)
     assert _run(toy, tmp_path, "--resume") == 0
     assert toy.calls == []
+    # --retry-failed alone would start the file afresh: refused, the file kept.
+    before = (tmp_path / "toy.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        _run(toy, tmp_path, "--retry-failed")
+    assert exit_info.value.code == 2 and toy.calls == []
+    assert "--retry-failed needs --resume" in capsys.readouterr().err
+    assert (tmp_path / "toy.json").read_text() == before
     assert _run(toy, tmp_path, "--resume", "--retry-failed") == 0
     assert toy.calls == [(1.0, "two")]
     assert _results(tmp_path)["results"]["value1/two"]["status"] == "ok"
