@@ -448,3 +448,31 @@ def test_congeal_rgb_folder(tmp_path):
     assert report["preset"] == "lfw"
     assert report["settings"]["distortion_features"] == "local-contrast"
     assert "RGB images" in stdout
+
+
+def test_ctrl_c_in_fit_is_held_to_the_step_end_and_a_second_stops_at_once():
+    # The hold of `congeal`'s training (README: "during training it takes effect
+    # at the end of the running step (a second Ctrl-C stops at once)").
+    import signal
+
+    from keras_congeal.cli._train_and_align import _interrupts_held_in_fit, _StopAtStepEnd
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_held_in_fit() as received:
+            stop = _StopAtStepEnd(received)
+            stop.on_train_batch_end(0)  # no Ctrl-C yet: the step ends normally
+            signal.raise_signal(signal.SIGINT)  # held: the step goes on
+            assert received == [signal.SIGINT]
+            stop.on_train_batch_end(1)  # ... and ends with the interrupt
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_held_in_fit():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+            pytest.fail("the second Ctrl-C did not interrupt")
+    assert signal.getsignal(signal.SIGINT) is before
+    # A Ctrl-C held to the end of a block without a step end still interrupts.
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_held_in_fit():
+            signal.raise_signal(signal.SIGINT)

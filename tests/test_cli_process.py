@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_congeal.cli import _framework_logs_filtered, start_up_noise
+from keras_congeal.cli._frameworks import framework_logs_filtered, start_up_noise
 from keras_congeal.io import images as io
 from tests.conftest import REPO
 
@@ -161,10 +161,10 @@ def test_start_up_noise_is_told_from_real_errors():
 
 def test_framework_logs_filtered_keeps_real_errors(capfd):
     text = "\n".join(_NOISE[:3] + _REAL[:1] + _NOISE[3:] + _REAL[1:]) + "\n"
-    with _framework_logs_filtered():
+    with framework_logs_filtered():
         os.write(2, text.encode())
     assert capfd.readouterr().err.splitlines() == _REAL
-    with pytest.raises(RuntimeError), _framework_logs_filtered():  # a failure: all of it
+    with pytest.raises(RuntimeError), framework_logs_filtered():  # a failure: all of it
         os.write(2, text.encode())
         raise RuntimeError
     assert capfd.readouterr().err == text

@@ -62,9 +62,6 @@ import functools
 import os
 
 from keras_congeal.cli import align, congeal, data, export
-from keras_congeal.cli._frameworks import (
-    framework_logs_filtered as _framework_logs_filtered,  # noqa: F401 (tests)
-)
 from keras_congeal.cli._frameworks import start_up_noise
 from keras_congeal.cli._image_command import PROG
 from keras_congeal.cli._parser import OneLineParser
