@@ -237,19 +237,6 @@ def make_images(n, digit, seed, mnist):
     return np.concatenate([pool, deformed]), extra
 
 
-def _resolve_mnist_light(path):
-    """`common.resolve_mnist` without importing Keras (keras_congeal.data does)."""
-    if path:
-        return str(Path(path) / "mnist.npz") if Path(path).is_dir() else str(path)
-    directory = os.environ.get("KERAS_CONGEAL_DATA")
-    candidates = [Path(directory)] if directory else []
-    candidates += [common.REPO.parent / "shared" / "data", common.REPO / ".devdata"]
-    for candidate in candidates:
-        if (candidate / "mnist.npz").is_file():
-            return str(candidate / "mnist.npz")
-    raise FileNotFoundError("mnist.npz not found: pass --mnist or set KERAS_CONGEAL_DATA")
-
-
 # === Report ===
 
 
@@ -432,7 +419,7 @@ def main(argv=None) -> int:
         "data": f"digit {args.digit}, unperturbed MNIST train; beyond the available count, "
                 "infiMNIST-like deformed copies",
     })
-    mnist = _resolve_mnist_light(args.mnist)
+    mnist = common.resolve_mnist(args.mnist)  # imports no Keras (the children do)
     stopped = dict(store.data.get("stopped", {}))
     with tempfile.TemporaryDirectory() as tmp:
         for n in ns:
