@@ -299,7 +299,7 @@ def _export_and_data_errors(tmp_path):
     (tmp_path / "taken.onnx").write_bytes(b"keep me")
     return [
         (["export", "missing.keras", "out.onnx"], 1,
-         "model file not found: missing.keras"),
+         "missing.keras: no such model file"),
         (["export", model, "taken.onnx"], 1, "already exists"),
         (["export", model, "out.onnx", "--batch", "0"], 2,
          "argument --batch: expected 'dynamic' or a positive integer, got '0'"),

@@ -306,7 +306,7 @@ def test_cli_errors(tmp_path, capsys):
         return err
 
     out = str(tmp_path / "out.onnx")
-    assert "model file not found" in error([str(tmp_path / "missing.keras"), out])
+    assert "missing.keras: no such model file" in error([str(tmp_path / "missing.keras"), out])
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a zip file")
     assert "cannot load" in error([str(garbage), out])
@@ -333,7 +333,7 @@ def test_module_entry_point_reports_a_missing_file(tmp_path):
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith(f"model file not found: {tmp_path / 'none.keras'}")
+    assert proc.stderr.strip().endswith(f"{tmp_path / 'none.keras'}: no such model file")
 
 
 def test_subcommand_exports_in_a_real_process(saved_model, tmp_path):
@@ -367,3 +367,20 @@ def test_bad_model_is_one_line_without_start_up_noise(tmp_path, program):
     assert len(lines) == 1, result.stderr
     assert "m.keras: cannot load it as a Keras model" in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+
+
+def test_the_former_export_cli_module_still_runs_and_says_it_moved(tmp_path):
+    from keras_congeal.export import cli
+
+    with pytest.warns(DeprecationWarning, match="keras-congeal export"):
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["--help"])
+    assert raised.value.code == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_congeal.export.cli", str(tmp_path / "none.keras"),
+         str(tmp_path / "out.onnx")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "none.keras: no such model file" in proc.stderr
+    assert not (tmp_path / "out.onnx").exists()

@@ -24,7 +24,6 @@ stderr, nothing written); 2 bad arguments.
 
 import os
 import sys
-from pathlib import Path
 
 from keras_congeal.cli._frameworks import load_frameworks
 from keras_congeal.cli._parser import Command, count_or
@@ -40,6 +39,7 @@ from keras_congeal.export.onnx import (
     require_tensorflow,
 )
 from keras_congeal.export.triton import DEFAULT_MAX_BATCH_SIZE
+from keras_congeal.io.images import InputError, check_model_file
 
 __all__ = ["COMMAND", "PROG", "run"]
 
@@ -96,13 +96,9 @@ def run(parser, args) -> int:
         parser.error(str(error))
     # Cheap checks first: importing TensorFlow takes seconds.
     try:
-        if not Path(args.model).is_file():
-            raise ExportError(
-                f"model file not found: {args.model}" if not Path(args.model).exists()
-                else f"model path is not a file: {args.model}"
-            )
+        check_model_file(args.model)
         check_writable(args.output, args.overwrite)
-    except ExportError as error:
+    except (InputError, ExportError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     if "keras" not in sys.modules:
