@@ -327,9 +327,9 @@ def test_atomic_file_takes_a_fresh_name_and_follows_the_umask(tmp_path):
 def test_one_atomic_writer_and_one_input_error():
     """The data generator and the ONNX export write through `keras_congeal.io`."""
     from keras_congeal import io
-    from keras_congeal.data import __main__ as data_main
+    from keras_congeal.cli import data as data_command
     from keras_congeal.data import demo
     from keras_congeal.io import images
 
-    assert data_main.atomic_file is io.atomic_file and demo.atomic_file is io.atomic_file
+    assert data_command.atomic_file is io.atomic_file and demo.atomic_file is io.atomic_file
     assert images.InputError is io.InputError
