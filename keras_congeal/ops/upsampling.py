@@ -98,13 +98,12 @@ def upsample_conv(x, kernel, bias=None, output_offset=(0, 0), output_size=None):
     phase_kernels = ops.einsum("asd,bte,decf->stcabf", taps, taps, kernel)
     phase_kernels = ops.reshape(phase_kernels, (length, length, channels, 4 * filters))
     # Convolution positions (one per input pixel, plus `shift`) that cover
-    # the window; input padded with zeros as the upsampled map would be.
+    # the window, and the input rows and columns they read, with zeros
+    # beyond the input as the upsampled map would have.
     first = [(top + shift) // 2, (left + shift) // 2]
     last = [(top + out_h - 1 + shift) // 2, (left + out_w - 1 + shift) // 2]
-    pad_before = -start[0]
-    pad_after = start[0] + shift + length - 1
-    padded = ops.pad(x, ((0, 0), (pad_before, pad_after), (pad_before, pad_after), (0, 0)))
-    window = padded[:, first[0] : last[0] + length, first[1] : last[1] + length, :]
+    reads = [(f + start[0], e + start[0] + length - 1) for f, e in zip(first, last, strict=True)]
+    window = _read_window(x, reads)
     y = ops.conv(window, phase_kernels, strides=1, padding="valid", data_format="channels_last")
     if bias is not None:
         y = y + ops.tile(bias, (4,))
@@ -113,4 +112,25 @@ def upsample_conv(x, kernel, bias=None, output_offset=(0, 0), output_size=None):
     y = ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)), (-1, 2 * rows, 2 * cols, filters))
     row0 = top + shift - 2 * first[0]
     col0 = left + shift - 2 * first[1]
-    return y[:, row0 : row0 + out_h, col0 : col0 + out_w, :]
+    return _crop(y, (row0, col0), (out_h, out_w))
+
+
+def _crop(x, offset, size):
+    """`x[:, top:top + height, left:left + width]` by `ops.slice` (on
+    TensorFlow its gradient is a pad; a strided slice's is many times
+    slower on CPUs), or `x` itself when that is all of it."""
+    if tuple(offset) == (0, 0) and tuple(size) == tuple(x.shape[1:3]):
+        return x
+    return ops.slice(x, (0, *offset, 0), (ops.shape(x)[0], *size, x.shape[3]))
+
+
+def _read_window(x, reads):
+    """Rows `reads[0]` and columns `reads[1]` (inclusive `(first, last)`,
+    possibly outside the image) of `x`, zeros outside."""
+    size = x.shape[1:3]
+    inside = [(max(lo, 0), min(hi, n - 1)) for (lo, hi), n in zip(reads, size, strict=True)]
+    x = _crop(x, [lo for lo, _ in inside], [hi - lo + 1 for lo, hi in inside])
+    pads = [(max(-lo, 0), max(hi - (n - 1), 0)) for (lo, hi), n in zip(reads, size, strict=True)]
+    if any(any(p) for p in pads):
+        x = ops.pad(x, ((0, 0), *pads, (0, 0)))
+    return x
