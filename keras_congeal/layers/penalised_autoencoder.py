@@ -3,6 +3,8 @@ import math
 import keras
 from keras import ops
 
+from keras_congeal.ops.upsampling import upsample_conv
+
 
 def positional_weights(code_size, k=1):
     """The paper's penalty weights `w_l = l^k / sum_l l^k`, l = 1..code_size."""
@@ -43,8 +45,9 @@ class PenalisedAutoencoder(keras.layers.Layer):
         decoder_filters: int or None. Filters of the decoder's convolutions.
             Defaults to the encoder's.
         upsampling: str. `"resize"` (nearest-neighbour x2 then a stride-1
-            convolution; twice as fast as a transposed convolution on CPUs)
-            or `"transpose"` (a stride-2 transposed convolution, as Table 1).
+            convolution, computed as one sub-pixel convolution of the small
+            map: `keras_congeal.ops.upsampling.upsample_conv`) or
+            `"transpose"` (a stride-2 transposed convolution, as Table 1).
             Defaults to `"resize"`.
         loss_weight: float. Multiplies the added loss (the `lambda` of
             Eq. 8). Defaults to 1.
@@ -80,8 +83,7 @@ class PenalisedAutoencoder(keras.layers.Layer):
             raise ValueError(f"Expected gamma >= 0, received {gamma}.")
         if upsampling not in self._SUPPORTED_UPSAMPLING:
             raise ValueError(
-                f"Unknown upsampling={upsampling!r}. Expected one of "
-                f"{self._SUPPORTED_UPSAMPLING}."
+                f"Unknown upsampling={upsampling!r}. Expected one of {self._SUPPORTED_UPSAMPLING}."
             )
         self.code_size = int(code_size)
         self.gamma = float(gamma)
@@ -102,8 +104,15 @@ class PenalisedAutoencoder(keras.layers.Layer):
         dtype = self.dtype_policy
 
         encoder = [
-            keras.layers.Conv2D(f, k, strides=2, padding="same", activation="tanh",
-                                dtype=dtype, name=f"encoder_conv{i}")
+            keras.layers.Conv2D(
+                f,
+                k,
+                strides=2,
+                padding="same",
+                activation="tanh",
+                dtype=dtype,
+                name=f"encoder_conv{i}",
+            )
             for i, (k, f) in enumerate(self.encoder_convs)
         ]
         encoder.append(keras.layers.Flatten(dtype=dtype, name="encoder_flatten"))
@@ -121,24 +130,41 @@ class PenalisedAutoencoder(keras.layers.Layer):
             for i, u in enumerate(self.dense_units)
         ]
         decoder += [
-            keras.layers.Dense(h0 * w0 * self.bottleneck_channels, activation="tanh",
-                               dtype=dtype, name="decoder_bottleneck"),
-            keras.layers.Reshape((h0, w0, self.bottleneck_channels), dtype=dtype,
-                                 name="decoder_reshape"),
+            keras.layers.Dense(
+                h0 * w0 * self.bottleneck_channels,
+                activation="tanh",
+                dtype=dtype,
+                name="decoder_bottleneck",
+            ),
+            keras.layers.Reshape(
+                (h0, w0, self.bottleneck_channels), dtype=dtype, name="decoder_reshape"
+            ),
         ]
         for i, (kernel, filters) in enumerate(reversed(self.encoder_convs)):
             filters = self.decoder_filters or filters
             if self.upsampling == "resize":
                 decoder += [
                     keras.layers.UpSampling2D(2, dtype=dtype, name=f"decoder_up{i}"),
-                    keras.layers.Conv2D(filters, kernel, padding="same", activation="tanh",
-                                        dtype=dtype, name=f"decoder_conv{i}"),
+                    keras.layers.Conv2D(
+                        filters,
+                        kernel,
+                        padding="same",
+                        activation="tanh",
+                        dtype=dtype,
+                        name=f"decoder_conv{i}",
+                    ),
                 ]
             else:
                 decoder.append(
-                    keras.layers.Conv2DTranspose(filters, kernel, strides=2, padding="same",
-                                                 activation="tanh", dtype=dtype,
-                                                 name=f"decoder_conv{i}")
+                    keras.layers.Conv2DTranspose(
+                        filters,
+                        kernel,
+                        strides=2,
+                        padding="same",
+                        activation="tanh",
+                        dtype=dtype,
+                        name=f"decoder_conv{i}",
+                    )
                 )
         decoder.append(
             keras.layers.Conv2D(channels, 1, activation="tanh", dtype=dtype, name="decoder_output")
@@ -154,9 +180,42 @@ class PenalisedAutoencoder(keras.layers.Layer):
 
     def decode(self, code):
         """Codes (B, code_size) -> reconstructions (B, H, W, C)."""
-        decoded = self.decoder(code)
-        top, left = self._crop
-        return decoded[:, top:top + self._size[0], left:left + self._size[1], :]
+        if self.upsampling != "resize":
+            decoded = self.decoder(code)
+            top, left = self._crop
+            return decoded[:, top : top + self._size[0], left : left + self._size[1], :]
+        # The decoder's layers, with each `UpSampling2D` and the convolution
+        # after it computed as one sub-pixel convolution of the small map
+        # (`upsample_conv`: the same result, 2.25x fewer multiply-adds for
+        # 3x3 kernels), the last one only over the window kept by the crop
+        # (the output convolution after it is 1x1).
+        layers = self.decoder.layers
+        last_up = max(
+            i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.UpSampling2D)
+        )
+        x = code
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if not isinstance(layer, keras.layers.UpSampling2D):
+                x = layer(x)
+                i += 1
+                continue
+            conv = layers[i + 1]
+            window = {}
+            if i == last_up:
+                window = {"output_offset": self._crop, "output_size": self._size}
+            x = ops.cast(x, conv.compute_dtype)
+            x = conv.activation(
+                upsample_conv(
+                    x,
+                    ops.cast(conv.kernel, conv.compute_dtype),
+                    ops.cast(conv.bias, conv.compute_dtype),
+                    **window,
+                )
+            )
+            i += 2
+        return x
 
     def call(self, images):
         code = self.encode(images)
@@ -165,8 +224,9 @@ class PenalisedAutoencoder(keras.layers.Layer):
         # The loss terms in the variables' precision (float32 under a mixed
         # policy), whatever the compute precision of the layers.
         dtype = self.dtype_policy.variable_dtype
-        error = ops.mean(ops.abs(ops.cast(reconstruction, dtype) - ops.cast(images, dtype)),
-                         axis=(1, 2, 3))
+        error = ops.mean(
+            ops.abs(ops.cast(reconstruction, dtype) - ops.cast(images, dtype)), axis=(1, 2, 3)
+        )
         w = ops.convert_to_tensor(self._weights_w, dtype=dtype)
         penalty = self.gamma * ops.sum(ops.cast(code, dtype) * w, axis=-1) / pixels
         if self.loss_weight:

@@ -7,8 +7,9 @@ from keras_congeal.layers.penalised_autoencoder import positional_weights
 
 
 def small_ae(**kwargs):
-    args = dict(code_size=4, encoder_convs=[[3, 8], [3, 8], [3, 8]], dense_units=[16],
-                bottleneck_channels=2)
+    args = dict(
+        code_size=4, encoder_convs=[[3, 8], [3, 8], [3, 8]], dense_units=[16], bottleneck_channels=2
+    )
     return PenalisedAutoencoder(**{**args, **kwargs})
 
 
@@ -27,6 +28,21 @@ def test_shapes_and_code_range(upsampling, size):
     assert code.shape == (3, 4) and np.all((code >= 0) & (code <= 1))
 
 
+@pytest.mark.parametrize("size", [(28, 28, 1), (20, 36, 3)])
+def test_decode_equals_the_decoder_layers_then_the_crop(size):
+    # `decode` computes each upsampling and convolution as one sub-pixel
+    # convolution; the decoder's layers, called one after the other, are the
+    # plain formulation.
+    ae = small_ae(encoder_convs=[[3, 8], [5, 8], [3, 6]])
+    ae.build((None, *size))
+    code = np.random.default_rng(2).random((3, 4)).astype("float32")
+    whole = keras.ops.convert_to_numpy(ae.decoder(code))
+    top, left = (whole.shape[1] - size[0]) // 2, (whole.shape[2] - size[1]) // 2
+    expected = whole[:, top : top + size[0], left : left + size[1]]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ae.decode(code)), expected, atol=1e-5)
+    assert np.abs(expected).max() > 1e-3
+
+
 def test_added_loss_is_the_penalised_l1_error():
     images = np.random.default_rng(1).random((5, 16, 16, 1)).astype("float32")
     ae = small_ae(gamma=2.0, loss_weight=0.5)
@@ -35,8 +51,9 @@ def test_added_loss_is_the_penalised_l1_error():
     code = keras.ops.convert_to_numpy(out["code"])
     error = np.abs(rec - images).mean(axis=(1, 2, 3))
     penalty = 2.0 * code @ np.array(positional_weights(4)) / (16 * 16)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["reconstruction_error"]), error,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(out["reconstruction_error"]), error, rtol=1e-5
+    )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(out["penalty"]), penalty, rtol=1e-5)
     assert len(ae.losses) == 1
     np.testing.assert_allclose(float(ae.losses[0]), 0.5 * np.mean(error + penalty), rtol=1e-5)
