@@ -15,8 +15,7 @@ import importlib
 from keras_congeal.data import mnist as _mnist
 from keras_congeal.data.mnist import *  # noqa: F403 (the names of mnist.__all__)
 
-# `perturb.__all__`, written here so that it is known without importing Keras
-# (tests/data/test_data_package.py checks that the two agree).
+# `perturb.__all__` (perturb takes it from here), known without importing Keras.
 _PERTURB_NAMES = (
     "CHUNK_SIZE",
     "AFFNIST_PADDING",

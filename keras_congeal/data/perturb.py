@@ -25,21 +25,11 @@ import inspect
 import numpy as np
 from keras import ops
 
+from keras_congeal.data import _PERTURB_NAMES
 from keras_congeal.ops import bilinear_sample, pixel_grid, warp
 
-__all__ = [
-    "CHUNK_SIZE",
-    "AFFNIST_PADDING",
-    "homography_from_corners",
-    "perspective_perturbation",
-    "iter_perspective_perturbation",
-    "oracle_align",
-    "iter_oracle_align",
-    "affnist_like",
-    "iter_affnist_like",
-    "infimnist_like",
-    "iter_infimnist_like",
-]
+# The names are listed once, in the package, which knows them without importing Keras.
+__all__ = list(_PERTURB_NAMES)
 
 CHUNK_SIZE = 4096
 AFFNIST_PADDING = 6
