@@ -309,7 +309,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing.keras: no such model file" in error([str(tmp_path / "missing.keras"), out])
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a zip file")
-    assert "cannot load" in error([str(garbage), out])
+    assert "garbage.keras: not a .keras model" in error([str(garbage), out])
     other = tmp_path / "dense.keras"
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(other)
     assert "not a keras_congeal Congealer" in error([str(other), out])
@@ -365,7 +365,7 @@ def test_bad_model_is_one_line_without_start_up_noise(tmp_path, program):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "m.keras: cannot load it as a Keras model" in lines[0]
+    assert "m.keras: not a .keras model" in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]
 
 

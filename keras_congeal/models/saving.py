@@ -1,6 +1,7 @@
 """Loading a saved `Congealer`: the one place `keras.saving.load_model` is called."""
 
 import os
+import zipfile
 
 import keras
 
@@ -31,6 +32,9 @@ def load_congealer(path):
     """
     path = os.fspath(path)
     check_model_file(path)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        # Keras reports such a file as "File not found".
+        raise InputError(f"{path}: not a .keras model (expected the zip archive Keras writes)")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...

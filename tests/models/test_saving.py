@@ -43,6 +43,14 @@ def test_a_model_carrying_code_is_refused(tmp_path):
         load_congealer(path)
 
 
+def test_a_file_that_is_not_a_keras_archive_is_named_so(tmp_path):
+    # Keras reports such a file as "File not found: filepath=...".
+    path = tmp_path / "m.keras"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(InputError, match=r"m\.keras: not a \.keras model \(expected the zip"):
+        load_congealer(path)
+
+
 def _load_model_calls(path):
     """The `load_model(...)` calls of a source file, as `ast.Call` nodes."""
     tree = ast.parse(path.read_text())
