@@ -82,20 +82,38 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
-    """Holds a Ctrl-C (SIGINT) received in the block until the block ends, then
-    raises `KeyboardInterrupt`: a checkpoint being written is finished first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _interrupts_held(second_stops=False):
+    """Holds a Ctrl-C (SIGINT) received in the block: yields the list it is
+    appended to, and raises `KeyboardInterrupt` when the block ends.
+
+    Args:
+        second_stops: bool. A second Ctrl-C raises at once (the hold of a whole
+            `fit`, whose `_StopAtStepEnd` acts on the first); else every Ctrl-C
+            waits for the block's end (a checkpoint being written is finished).
+    """
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def hold(signum, frame):
+        if received and second_stops:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _interrupts_held_in_fit():
+    """`_interrupts_held` for a whole `fit`: `_StopAtStepEnd` raises the first
+    Ctrl-C at the end of a step; a second one interrupts at once."""
+    return _interrupts_held(second_stops=True)
 
 
 class _StopAtStepEnd(keras.callbacks.Callback):
@@ -115,39 +133,16 @@ class _StopAtStepEnd(keras.callbacks.Callback):
     on_epoch_end = on_train_batch_end
 
 
-@contextlib.contextmanager
-def _interrupts_held_in_fit():
-    """Yields the list a Ctrl-C (SIGINT) received in the block is appended to, for
-    `_StopAtStepEnd` to act on; a second Ctrl-C interrupts at once."""
-    received = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def hold(signum, frame):
-        if received:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 class _Backup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in half
     (a half-written `latest.weights.h5` could not be resumed)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        with _interrupts_deferred():
+        with _interrupts_held():
             super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        with _interrupts_deferred():
+        with _interrupts_held():
             super().on_epoch_end(epoch, logs)
 
 
