@@ -38,6 +38,7 @@ __all__ = [
     "rss_bytes",
     "current_rss_bytes",
     "peak_rss_from_proc",
+    "proc_status_bytes",
     "keras_backend_info",
     "write_npz_atomic",
 ]
@@ -423,13 +424,20 @@ def current_rss_bytes():
     return _proc_status_bytes("VmRSS")
 
 
-def _proc_status_bytes(field):
-    """The `field` line (`"VmRSS"`, in kB) of `/proc/self/status`, in bytes; None
-    where there is no such file or line."""
+def proc_status_bytes(fields):
+    """The lines `fields` (e.g. `("VmRSS", "RssAnon")`, in kB) of
+    `/proc/self/status`, as `{field: bytes}`; `{}` where there is no such file."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
+        lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        pass
-    return None
+        return {}
+    return {
+        key: int(rest.split()[0]) * 1024
+        for key, _, rest in (line.partition(":") for line in lines)
+        if key in fields
+    }
+
+
+def _proc_status_bytes(field):
+    """The `field` line of `/proc/self/status` in bytes; None where there is none."""
+    return proc_status_bytes((field,)).get(field)

@@ -254,19 +254,13 @@ class NpyRows:
 # === Memory, per phase ===
 
 
+_MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+
+
 def _memory_status():
     """This process's resident memory from `/proc/self/status`, bytes
     (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`, `RssShmem`); `{}` off Linux."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return {}
-    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
-    return {
-        key: int(rest.split()[0]) * 1024
-        for key, _, rest in (line.partition(":") for line in lines)
-        if key in fields
-    }
+    return common.proc_status_bytes(_MEMORY_FIELDS)
 
 
 class MemoryPeaks:
