@@ -39,6 +39,15 @@ def as_float_images(batch, data_range=None):
     return out[..., None] if out.ndim == 3 else out
 
 
+def _check_finite(images, start):
+    """Raises `ValueError` if `images` (float; the set's images from `start` on)
+    hold a NaN or an infinite value. Integer images need no check."""
+    if not np.all(np.isfinite(images)):
+        raise ValueError(
+            f"Images {start}..{start + len(images) - 1} contain NaN or infinite values."
+        )
+
+
 class ImageBatches(keras.utils.PyDataset):
     """Batches of images in [0, 1], read lazily from an array-like.
 
@@ -132,11 +141,8 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         start, size = self._local_bounds(index)
         batch = as_float_images(self.images[start : start + size], self.data_range)
-        # Integer images are finite: only floats are checked.
-        if self.images.dtype.kind == "f" and not np.all(np.isfinite(batch)):
-            raise ValueError(
-                f"Images {start}..{start + len(batch) - 1} contain NaN or infinite values."
-            )
+        if self.images.dtype.kind == "f":
+            _check_finite(batch, start)
         return batch
 
     def on_epoch_end(self):
@@ -170,10 +176,8 @@ class DeviceImageBatches(ImageBatches):
         blocks = []
         for start in range(0, len(images), self.UPLOAD_BLOCK):
             block = np.asarray(images[start : start + self.UPLOAD_BLOCK])
-            if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
-                raise ValueError(
-                    f"Images {start}..{start + len(block) - 1} contain NaN or infinite values."
-                )
+            if block.dtype.kind == "f":
+                _check_finite(block, start)
             if block.ndim == 3:
                 block = block[..., None]
             blocks.append(jax.device_put(block, sharding))
