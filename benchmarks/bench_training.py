@@ -64,11 +64,25 @@ def bench_on_batch(model, batch, steps, warmup):
     return seconds, {k: float(v) for k, v in logs.items()}
 
 
+TIMING_REPEATS = 3
+
+
+def _steady_seconds(fit, steps, warmup):
+    """Steady-state seconds of `steps` steps of `fit(count)` -> `(seconds,
+    history)`: a first call traces and compiles; then calls over `warmup` and
+    over `warmup + steps` batches are timed, the fastest of `TIMING_REPEATS`
+    each (the others were slowed by other work on the machine), and their
+    difference is the cost of `steps` steps without fit's fixed per-call cost
+    (iterator and callbacks set-up). Returns `(seconds, last logs)`."""
+    fit(warmup)
+    short = min(fit(warmup)[0] for _ in range(TIMING_REPEATS))
+    long, history = min((fit(warmup + steps) for _ in range(TIMING_REPEATS)),
+                        key=lambda run: run[0])
+    return long - short, {k: float(v[-1]) for k, v in history.history.items()}
+
+
 def bench_fit(model, images, batch_size, steps, warmup):
-    """Steady-state seconds of `steps` fit steps: a first fit traces and
-    compiles; then `fit` over `warmup` batches and over `warmup + steps`
-    batches are timed, and their difference is the cost of `steps` steps
-    without fit's fixed per-call cost (iterator and callbacks set-up)."""
+    """`_steady_seconds` of `model.fit` on a NumPy array."""
 
     def fit(count):
         start = time.perf_counter()
@@ -76,14 +90,11 @@ def bench_fit(model, images, batch_size, steps, warmup):
                             shuffle=False, verbose=0)
         return time.perf_counter() - start, history
 
-    fit(warmup)
-    short, _ = fit(warmup)
-    long, history = fit(warmup + steps)
-    return long - short, {k: float(v[-1]) for k, v in history.history.items()}
+    return _steady_seconds(fit, steps, warmup)
 
 
 def bench_device(model, images, batch_size, steps, warmup):
-    """`bench_fit` through `DeviceImageBatches`: the batches sliced on the
+    """`_steady_seconds` of `fit` through `DeviceImageBatches`: the batches sliced on the
     device from a copy of the images held there."""
     from keras_congeal.datasets import DeviceImageBatches
 
@@ -95,10 +106,7 @@ def bench_device(model, images, batch_size, steps, warmup):
         history = model.fit(batches, epochs=1, verbose=0)
         return time.perf_counter() - start, history
 
-    fit(warmup)
-    short, _ = fit(warmup)
-    long, history = fit(warmup + steps)
-    return long - short, {k: float(v[-1]) for k, v in history.history.items()}
+    return _steady_seconds(fit, steps, warmup)
 
 
 def step_flops(model, batch):
