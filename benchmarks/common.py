@@ -257,6 +257,14 @@ def write_npz_atomic(path, arrays):
         np.savez_compressed(f, **arrays)
 
 
+def config_as_read(config, read_config=None):
+    """A recorded results file's `config` as it is compared with another:
+    through `read_config` (see `ResultStore`) when given, JSON-safe."""
+    if read_config is None or config is None:
+        return config
+    return _jsonable(read_config(config))
+
+
 class ResultStore:
     """A results JSON written after every finished entry, resumable.
 
@@ -288,9 +296,7 @@ class ResultStore:
                 raise ValueError(f"cannot resume {self.path}: not a JSON file ({error})") from None
             if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
                 raise ValueError(f"cannot resume {self.path}: not a results file (no 'results')")
-            recorded = old.get("config")
-            if read_config is not None and recorded is not None:
-                recorded = _jsonable(read_config(recorded))
+            recorded = config_as_read(old.get("config"), read_config)
             if old.get("schema") != schema or recorded != self.data["config"]:
                 raise ValueError(
                     f"cannot resume {self.path}: it was written with schema "

@@ -8,13 +8,16 @@ does the rest, the same way for every script:
 
 * the common options: `--methods`, `--epochs`, `--rasl-max-iter`,
   `--rasl-stop-delta`, `--output-dir`, `--resume` (`--retry-failed` where
-  failures are recorded), `--report-only` and `--backend-note`;
+  failures are recorded), `--report-only`, `--merge` and `--backend-note`;
 * the results `<prefix>.json` (`common.ResultStore`: written atomically
   after every finished entry; `--resume` skips the finished ones), the
   images `<prefix><images_suffix>.npz` (atomic, after every entry that adds
   some) and the tables `<prefix>_tables.md` (atomic);
 * the report: the tables of the whole file (a resumed run's too, every
-  method in it) printed and written, and the script's panels.
+  method in it) printed and written, and the script's panels;
+* `--merge DIR ...`: one results and images file made of the files of the
+  same name in several folders (one run split into processes, each with its
+  own `--output-dir`), then the report (`Protocol.merge`).
 
 Files:
 
@@ -32,6 +35,7 @@ import dataclasses
 import json
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,6 +201,15 @@ class Protocol:
             help="only rebuild the tables and figures from the results file",
         )
         parser.add_argument(
+            "--merge",
+            nargs="+",
+            default=None,
+            metavar="DIR",
+            help="write the union of the results and images files of this name in "
+            "the folders DIR (parts of one run; with --resume, and the existing file) "
+            "to --output-dir, then the tables and figures",
+        )
+        parser.add_argument(
             "--backend-note",
             default=None,
             help="free text stored with the run (e.g. 'shared 2-core CPU')",
@@ -218,6 +231,8 @@ class Protocol:
         if getattr(args, "retry_failed", False) and not args.resume:
             # Without --resume the results file is started afresh: nothing to retry.
             parser.error("--retry-failed needs --resume (without it the results file is replaced)")
+        if args.merge and args.report_only:
+            parser.error("--merge and --report-only exclude each other")
         self.check_arguments(args, parser)
         return args, parser
 
@@ -226,9 +241,9 @@ class Protocol:
         prefix = str(Path(args.output_dir) / self.name(args))
         path = Path(prefix + ".json")
         images_path = prefix + self.images_suffix + ".npz"
+        if args.merge:
+            return self.merge(args, argv, parser, prefix)
         if args.report_only:
-            if not path.exists():
-                parser.error(f"--report-only: {path} does not exist")
             try:
                 results = read_results(path)
             except ValueError as error:
@@ -259,10 +274,76 @@ class Protocol:
         if images:
             common.write_npz_atomic(images_path, images)
         store.set("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        # The tables and figures are of the whole file, which a --resume run
-        # extends: every method in it, not only this run's.
-        present = {entry.get("method") for entry in store.results.values()}
-        self.report(store.results, images, [m for m in self.methods if m in present], prefix)
+        self.report(store.results, images, self.methods_in(store.results), prefix)
+        return 0
+
+    def merge(self, args, argv, parser, prefix):
+        """Writes to `prefix` the union of the results and images files of
+        its name in the `--merge` folders (with `--resume`, the existing file
+        first), then the report. Every file must have this protocol's schema
+        and the first one's config (read by `read_congeal_config`), and a key
+        in two files the same entry and array; else a parser error naming the
+        file, and nothing written. `runs` are concatenated, then this merge's."""
+        parts = [Path(folder) / Path(prefix).name for folder in args.merge]
+        if args.resume and Path(prefix + ".json").exists():
+            parts.insert(0, Path(prefix))
+        files = []
+        for part in parts:
+            path, part_images = Path(f"{part}.json"), f"{part}{self.images_suffix}.npz"
+            try:
+                data = _read_results_file(path)
+            except ValueError as error:
+                parser.error(f"--merge: {error}")
+            try:
+                files.append((path, data, load_images(part_images)))
+            except (OSError, ValueError, zipfile.BadZipFile) as error:
+                parser.error(f"--merge: {part_images} is not an images file ({error})")
+        first_path, first, _ = files[0]
+        config = common.config_as_read(first.get("config"), read_congeal_config)
+        runs, results, images = [], {}, {}
+        for path, data, arrays in files:
+            if data.get("schema") != self.schema:
+                parser.error(
+                    f"--merge: {path} has schema {data.get('schema')!r}, expected {self.schema!r}"
+                )
+            other = common.config_as_read(data.get("config"), read_congeal_config)
+            if other != config:
+                shown = (other, config)
+                if isinstance(other, dict) and isinstance(config, dict):  # only what differs
+                    keys = sorted(k for k in {**other, **config} if other.get(k) != config.get(k))
+                    shown = tuple({k: c.get(k) for k in keys} for c in shown)
+                parser.error(
+                    f"--merge: {path} was written with config {shown[0]!r}, "
+                    f"{first_path} with {shown[1]!r}"
+                )
+            runs += data.get("runs", [])
+            for key, entry in data["results"].items():
+                if results.setdefault(key, entry) != entry:
+                    parser.error(
+                        f"--merge: {path}: its entry {key!r} differs from that of an earlier file"
+                    )
+            for key, array in arrays.items():
+                kept = images.setdefault(key, array)
+                if not np.array_equal(kept, array, equal_nan=array.dtype.kind in "fc"):
+                    parser.error(
+                        f"--merge: {path}: its image {key!r} differs from that of an earlier file"
+                    )
+        run = common.run_record(argv, with_keras=False, note=args.backend_note, module=self.module)
+        run["merged"] = [common.portable_path(path) for path, _, _ in files]
+        images_path = prefix + self.images_suffix + ".npz"
+        if images or Path(images_path).exists():
+            common.write_npz_atomic(images_path, images)
+        merged = {
+            "schema": self.schema,
+            "config": first.get("config"),
+            "runs": [*runs, run],
+            "results": results,
+            "measures": self.measures,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        common.write_json_atomic(prefix + ".json", merged)
+        common.log(f"merged {len(files)} files into {prefix}.json: {len(results)} entries")
+        self.report(results, images, self.methods_in(results), prefix)
         return 0
 
     # === Protocol ===
@@ -324,6 +405,12 @@ class Protocol:
 
     # === Report ===
 
+    def methods_in(self, results):
+        """The methods of `results`, in the tables' order: the report of a
+        whole file (which --resume and --merge extend), not only of --methods."""
+        present = {entry.get("method") for entry in results.values()}
+        return [m for m in self.methods if m in present]
+
     def report(self, results, images, methods, prefix):
         """Writes `<prefix>_tables.md` (atomic) and prints it; writes the panels."""
         from keras_congeal.io import write_bytes_atomic
@@ -354,14 +441,23 @@ def read_congeal_config(config):
 
 
 def read_results(path):
-    """The `results` of a results file; `ValueError` (one line) when it is not one."""
+    """The `results` of a results file; `ValueError` (one line) when it is
+    missing or not one."""
+    return _read_results_file(path)["results"]
+
+
+def _read_results_file(path):
+    """A results file (a dict with a `results` dict); `ValueError` (one line)
+    when it is missing or not one."""
+    if not Path(path).exists():
+        raise ValueError(f"{path} does not exist")
     try:
         data = common.read_json(path)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not a JSON file ({error})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise ValueError(f"{path} is not a results file (no 'results' object)")
-    return data["results"]
+    return data
 
 
 def load_images(path):

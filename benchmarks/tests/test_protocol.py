@@ -251,6 +251,127 @@ def test_report_only_rebuilds_the_tables_from_the_file(tmp_path):
         _run(Toy(), tmp_path / "empty", "--report-only")
 
 
+# === Merging the parts of a run ===
+
+
+def _images(folder):
+    with np.load(folder / "toy_images.npz") as images:
+        return {k: images[k] for k in images.files}
+
+
+def _merge(*argv):
+    return Toy().main(["--merge", *map(str, argv)])
+
+
+def test_merge_gives_the_union_of_the_parts(tmp_path, capsys):
+    whole, part1, part2, merged = (tmp_path / n for n in ("whole", "p1", "p2", "merged"))
+    assert _run(Toy(), whole, "--values", "1", "2") == 0
+    assert _run(Toy(), part1, "--values", "1") == 0
+    assert _run(Toy(), part2, "--values", "2", "--methods", "one", "two", "three") == 0
+    assert _run(Toy(), whole, "--values", "2", "--methods", "three", "--resume") == 0
+    capsys.readouterr()
+    assert _merge(part1, part2, "--output-dir", merged) == 0
+    data, parts = _results(merged), [_results(part1), _results(part2)]
+    assert data["results"] == {**parts[0]["results"], **parts[1]["results"]}
+    assert data["schema"] == Toy.schema and data["config"] == {"size": 3}
+    assert data["measures"] == Toy.measures and "finished" in data
+    # The parts' runs, then the merge's.
+    assert data["runs"][:2] == [parts[0]["runs"][0], parts[1]["runs"][0]]
+    assert data["runs"][2]["merged"] == [
+        common.portable_path(p / "toy.json") for p in (part1, part2)
+    ]
+    assert data["runs"][2]["command"].startswith("python -m benchmarks.tests.test_protocol --merge")
+    # The same entries, images and tables as one run over both parts.
+    expected = _results(whole)["results"]
+    assert sorted(data["results"]) == sorted(expected)
+    assert {k: e["total"] for k, e in data["results"].items()} == {
+        k: e["total"] for k, e in expected.items()
+    }
+    images, expected_images = _images(merged), _images(whole)
+    assert sorted(images) == sorted(expected_images)
+    for key, image in images.items():
+        np.testing.assert_array_equal(image, expected_images[key])
+    tables = (merged / "toy_tables.md").read_text()
+    assert tables == (whole / "toy_tables.md").read_text()
+    assert "| value2/three | three | 18.00 |" in tables
+    assert capsys.readouterr().out == tables
+    # Merging again over the merged file with --resume changes no entry (equal
+    # duplicates are no conflict); without --resume the file is replaced.
+    assert _merge(part1, part2, "--output-dir", merged, "--resume") == 0
+    assert _results(merged)["results"] == data["results"] and len(_results(merged)["runs"]) == 6
+    assert _merge(part1, "--output-dir", merged) == 0
+    assert _results(merged)["results"] == parts[0]["results"]
+    assert sorted(_images(merged)) == ["value1/one", "value1/two"]
+
+
+def test_merge_with_resume_includes_the_existing_file(tmp_path):
+    part1, out = tmp_path / "p1", tmp_path / "out"
+    assert _run(Toy(), part1, "--values", "1") == 0
+    assert _run(Toy(), out, "--values", "3") == 0
+    existing = _results(out)
+    assert _merge(part1, "--output-dir", out, "--resume") == 0
+    data = _results(out)
+    assert data["results"] == {**existing["results"], **_results(part1)["results"]}
+    assert data["runs"][:2] == [existing["runs"][0], _results(part1)["runs"][0]]
+    assert sorted(_images(out)) == ["value1/one", "value1/two", "value3/one", "value3/two"]
+    assert "| value3/two | two | 18.00 |" in (out / "toy_tables.md").read_text()
+
+
+def _refused(capsys, tmp_path, *argv):
+    """Runs a merge that must fail: returns its error line; checks nothing was written."""
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        _merge(*argv)
+    assert exit_info.value.code == 2
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_merge_refuses_mismatched_and_conflicting_files(tmp_path, capsys):
+    part1, part2, out = tmp_path / "p1", tmp_path / "p2", tmp_path / "out"
+    assert _run(Toy(), part1, "--values", "1") == 0
+    assert _run(Toy(), part2, "--values", "2", "--size", "4") == 0
+    assert _run(Toy(), out, "--values", "3") == 0
+    capsys.readouterr()
+    error = _refused(capsys, tmp_path, part1, part2, "--output-dir", out)
+    assert error.endswith(
+        f"--merge: {part2 / 'toy.json'} was written with config {{'size': 4}}, "
+        f"{part1 / 'toy.json'} with {{'size': 3}}"
+    )
+    # With --resume the existing file is an input, and must match too.
+    assert _run(Toy(), part2, "--values", "2") == 0
+    (out / "toy.json").write_text(json.dumps({**_results(out), "config": {"size": 5}}))
+    capsys.readouterr()
+    error = _refused(capsys, tmp_path, part1, part2, "--output-dir", out, "--resume")
+    assert f"--merge: {part1 / 'toy.json'} was written with config {{'size': 3}}" in error
+    # Another schema, a missing file, a file that is not JSON.
+    schema = {**_results(part2), "schema": "keras_congeal.other/1"}
+    (tmp_path / "p3").mkdir()
+    (tmp_path / "p3" / "toy.json").write_text(json.dumps(schema))
+    error = _refused(capsys, tmp_path, part1, tmp_path / "p3", "--output-dir", out)
+    assert error.endswith("has schema 'keras_congeal.other/1', expected 'keras_congeal.toy/1'")
+    error = _refused(capsys, tmp_path, part1, tmp_path / "none", "--output-dir", out)
+    assert error.endswith(f"--merge: {tmp_path / 'none' / 'toy.json'} does not exist")
+    (tmp_path / "p3" / "toy.json").write_text("{")
+    assert "is not a JSON file" in _refused(capsys, tmp_path, tmp_path / "p3", "--output-dir", out)
+    # A key in two files with another entry, or another image.
+    conflict = _results(part1)
+    conflict["results"]["value1/one"]["total"] = 99.0
+    (tmp_path / "p3" / "toy.json").write_text(json.dumps(conflict))
+    error = _refused(capsys, tmp_path, part1, tmp_path / "p3", "--output-dir", out)
+    assert error.endswith(
+        f"--merge: {tmp_path / 'p3' / 'toy.json'}: its entry 'value1/one' differs from "
+        "that of an earlier file"
+    )
+    (tmp_path / "p3" / "toy.json").write_text(json.dumps(_results(part1)))
+    images = {**_images(part1), "value1/two": np.zeros(3)}
+    np.savez(tmp_path / "p3" / "toy_images.npz", **images)
+    error = _refused(capsys, tmp_path, part1, tmp_path / "p3", "--output-dir", out)
+    assert error.endswith("its image 'value1/two' differs from that of an earlier file")
+    # --merge is no --report-only.
+    assert "exclude each other" in _refused(capsys, tmp_path, part1, "--report-only")
+
+
 # === Resuming files written before a setting existed ===
 
 
@@ -397,37 +518,65 @@ def test_lfw_tables_from_hand_made_results():
 # === Through the command line ===
 
 
+def _mnist_protocols(*argv):
+    """`python -m benchmarks.mnist_protocols *argv` in a subprocess, finished."""
+    command = [sys.executable, "-m", "benchmarks.mnist_protocols", *map(str, argv)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def test_report_only_through_a_subprocess(tmp_path):
     results = {"digit3/sigma0.1/input": _mnist_entry(3, 0.1, "input", 10.0, 1.0, 1.0)}
     (tmp_path / "mnist_protocols_quick.json").write_text(json.dumps({"results": results}))
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.mnist_protocols",
-        "--quick",
-        "--report-only",
-        "--output-dir",
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = _mnist_protocols("--quick", "--report-only", "--output-dir", tmp_path)
     assert done.returncode == 0, done.stderr
     assert "| 0.1 | input | 3 | 10.00 | 1.00 | 1.00 | 10/10 | 2.0 |" in done.stdout
     assert (tmp_path / "mnist_protocols_quick_tables.md").read_text() == done.stdout
     # A missing results file: one line naming it, exit 2, nothing written.
-    done = subprocess.run(
-        [*command[:-1], str(tmp_path / "none")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _mnist_protocols("--quick", "--report-only", "--output-dir", tmp_path / "none")
+    assert done.returncode == 2 and not (tmp_path / "none").exists()
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"--report-only: {tmp_path / 'none' / 'mnist_protocols_quick.json'} does not exist"
+        )
+    )
+
+
+def test_merge_through_a_subprocess(tmp_path):
+    def part(folder, digit, apsnr, config):
+        folder.mkdir()
+        data = {
+            "schema": mnist_protocols.SCHEMA,
+            "config": config,
+            "runs": [{"command": f"python -m benchmarks.mnist_protocols --digits {digit}"}],
+            "results": {
+                f"digit{digit}/sigma0.2/input": _mnist_entry(digit, 0.2, "input", apsnr, 1.0, 1.0)
+            },
+        }
+        (folder / "mnist_protocols_quick.json").write_text(json.dumps(data))
+
+    part(tmp_path / "d3", 3, 10.0, {"mode": "quick", "n": 10})
+    part(tmp_path / "d8", 8, 12.0, {"mode": "quick", "n": 10})
+    done = _mnist_protocols(
+        "--quick", "--merge", tmp_path / "d3", tmp_path / "d8", "--output-dir", tmp_path / "out"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| 0.2 | input | 3 8 | 11.00 | 1.00 | 1.00 | 10/10 | 2.0 |" in done.stdout
+    assert (tmp_path / "out" / "mnist_protocols_quick_tables.md").read_text() == done.stdout
+    merged = json.loads((tmp_path / "out" / "mnist_protocols_quick.json").read_text())
+    assert len(merged["runs"]) == 3 and len(merged["results"]) == 2
+    # Parts run with another --n: one line naming the file, exit 2, nothing written.
+    part(tmp_path / "n20", 8, 12.0, {"mode": "quick", "n": 20})
+    done = _mnist_protocols(
+        "--quick", "--merge", tmp_path / "d3", tmp_path / "n20", "--output-dir", tmp_path / "none"
     )
     assert done.returncode == 2 and not (tmp_path / "none").exists()
     assert (
         done.stderr.strip()
         .splitlines()[-1]
         .endswith(
-            "--report-only: "
-            + str(tmp_path / "none" / "mnist_protocols_quick.json")
-            + " does not exist"
+            f"--merge: {tmp_path / 'n20' / 'mnist_protocols_quick.json'} was written with config "
+            f"{{'n': 20}}, {tmp_path / 'd3' / 'mnist_protocols_quick.json'} with {{'n': 10}}"
         )
     )
