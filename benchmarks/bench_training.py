@@ -25,7 +25,7 @@ step does not depend on the pixel values), the package's model
   Timed like `fit`.
 
 With `--flops` (JAX), the FLOPs of one training step (forward and backward,
-XLA's cost analysis of the gradient before optimisation, optimizer excluded) per image,
+XLA's cost analysis of the gradient compiled for the CPU, optimizer excluded) per image,
 and the rate of a large matrix product on the device in the same precision
 (`--precision`): each result then gives the fraction of that rate reached.
 
@@ -111,21 +111,22 @@ def bench_device(model, images, batch_size, steps, warmup):
 
 def step_flops(model, batch):
     """FLOPs of one training step's forward and backward pass on `batch`
-    (JAX: XLA's cost analysis of the gradient of the summed losses, before
-    optimisation; a multiply-add counts 2)."""
+    (JAX: XLA's cost analysis of the gradient of the summed losses, compiled
+    for the CPU: on a GPU, XLA counts its cuDNN convolutions as 0 FLOPs; a
+    multiply-add counts 2)."""
     import jax
 
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
+    cpu = jax.devices("cpu")[0]
+    trainable = [jax.device_put(v.value, cpu) for v in model.trainable_variables]
+    non_trainable = [jax.device_put(v.value, cpu) for v in model.non_trainable_variables]
 
     def loss(trainable, non_trainable, x):
         _, _, losses = model.stateless_call(trainable, non_trainable, x, return_losses=True)
         return sum(losses)
 
-    # The cost analysis of the HLO before XLA's optimisations: after them, a
-    # GPU's convolutions are cuDNN custom calls, which it counts as 0 FLOPs.
-    lowered = jax.jit(jax.grad(loss)).lower(trainable, non_trainable, batch)
-    cost = lowered.cost_analysis()
+    batch = jax.device_put(batch, cpu)
+    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable, batch).compile()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 

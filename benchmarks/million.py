@@ -519,43 +519,76 @@ def _device_data():
 
 
 def _step_counter(limit=None):
-    """A callback that counts the training steps of this process and ends
-    training after `limit` of them (`None`: never)."""
+    """A callback that counts the training steps of this process, ends
+    training after `limit` of them (`None`: never), and notes when the second
+    step began (the first one's tracing and compilation done). It acts when a
+    step begins: a batch-end hook would make Keras wait for every step's
+    losses, and the device would idle while the host dispatches the next."""
     import keras
 
     class StepCounter(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.steps = 0
+            self.second_step_began = None
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):
             self.steps += 1
+            if self.steps == 2:
+                self.second_step_began = time.perf_counter()
             if limit is not None and self.steps >= limit:
-                self.model.stop_training = True
+                self.model.stop_training = True  # after this step
 
     return StepCounter()
 
 
 def align_streamed(model, images, align_batch_size, log):
-    """Aligns `images` BLOCK by BLOCK into an `AlignmentMeter`. Returns the
-    meter and the seconds spent in its updates."""
+    """Aligns `images` BLOCK by BLOCK into an `AlignmentMeter`, as a pipeline:
+    a thread reads (and converts to floats) the next block and another
+    measures the last one while the model aligns this one (NumPy releases
+    the GIL; at most three blocks are in memory). Returns the meter and the
+    seconds of each stage (`read`, `align`, `measure`: each its own busy
+    time, overlapping the others')."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from keras_congeal.datasets import as_float_images
     from keras_congeal.metrics import AlignmentMeter
 
     meter = AlignmentMeter(data_range=1.0)
-    meter_seconds = 0.0
-    for first in range(0, len(images), BLOCK):
-        batch = as_float_images(images[first : first + BLOCK], 255.0)
-        result = model.align(batch, batch_size=align_batch_size)
-        measured = time.perf_counter()
+    seconds = {"read": 0.0, "align": 0.0, "measure": 0.0}
+
+    def timed(stage, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        seconds[stage] += time.perf_counter() - start
+        return out
+
+    def read(first):
+        return as_float_images(images[first : first + BLOCK], 255.0)
+
+    def measure(batch, result):
         for at in range(0, len(batch), METER_CHUNK):
             part = slice(at, at + METER_CHUNK)
             meter.update(batch[part], result["aligned"][part], result["transforms"][part])
-        meter_seconds += time.perf_counter() - measured
-        del batch, result
-        if first // BLOCK % 10 == 0:
-            log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
-    return meter, meter_seconds
+
+    starts = range(0, len(images), BLOCK)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as measurer:
+        next_block = reader.submit(timed, "read", read, starts[0])
+        measured = None
+        for i, first in enumerate(starts):
+            batch = next_block.result()
+            if i + 1 < len(starts):
+                next_block = reader.submit(timed, "read", read, starts[i + 1])
+            result = timed("align", model.align, batch, align_batch_size)
+            if measured is not None:
+                measured.result()  # one block waiting to be measured at most
+            measured = measurer.submit(timed, "measure", measure, batch, result)
+            del batch, result
+            if i % 10 == 0:
+                log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
+        if measured is not None:
+            measured.result()
+    return meter, seconds
 
 
 def main(argv=None) -> int:
@@ -574,8 +607,8 @@ def main(argv=None) -> int:
 
     memory = MemoryPeaks().start()
     with memory.phase("imports"):
-        import keras
 
+        from keras_congeal.callbacks import EpochBackupAndRestore
         from keras_congeal.data.mnist import load_mnist
         from keras_congeal.training import CongealSettings, fit_congealer
 
@@ -607,14 +640,12 @@ def main(argv=None) -> int:
         )
         if args.learning_rate:
             settings = settings.replace(learning_rate=args.learning_rate)
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)
-        ]
+        callbacks = [EpochBackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)]
         counter = _step_counter(args.train_steps)
         callbacks.append(counter)
         device_data = _device_data()
         with memory.phase("training"):
-            start = time.perf_counter()
+            train_start = time.perf_counter()
             model, history = fit_congealer(
                 images,
                 settings,
@@ -623,11 +654,12 @@ def main(argv=None) -> int:
                 callbacks=callbacks,
                 device_data=device_data,
             )
-            train_seconds = time.perf_counter() - start
+            train_end = time.perf_counter()
+            train_seconds = train_end - train_start
 
         with memory.phase("alignment"):
             start = time.perf_counter()
-            meter, meter_seconds = align_streamed(model, images, args.align_batch_size, log)
+            meter, align_stages = align_streamed(model, images, args.align_batch_size, log)
             align_seconds = time.perf_counter() - start
         summary = meter.summary()
         image_stack_bytes = int(images.nbytes)
@@ -693,9 +725,23 @@ def main(argv=None) -> int:
             if epochs_run
             else None
         ),
+        # Without the first step (tracing, compilation, autotuning): the rate
+        # of the steps after it, to the end of fit.
+        "train_steady_images_per_second": (
+            (min(counter.steps * args.batch_size, epochs_run * args.n) - args.batch_size)
+            / (train_end - counter.second_step_began)
+            if epochs_run and counter.second_step_began
+            else None
+        ),
+        "train_first_step_seconds": (
+            counter.second_step_began - train_start if counter.second_step_began else None
+        ),
         "align_seconds": align_seconds,
         "align_images_per_second": args.n / align_seconds,
-        "align_metrics_seconds": meter_seconds,
+        # Each stage's busy seconds; they overlap (align_streamed's pipeline).
+        "align_read_seconds": align_stages["read"],
+        "align_model_seconds": align_stages["align"],
+        "align_metrics_seconds": align_stages["measure"],
         "train_plus_align_seconds": train_seconds + align_seconds,
         "workers": args.workers,
         "memory": memory_report,

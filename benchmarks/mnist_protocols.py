@@ -57,6 +57,9 @@ MODES = {
     "quick": {"n": 1000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
     "full": {"n": 6000, "digits": list(range(10)), "sigmas": [0.0, 0.1, 0.2, 0.3]},
 }
+# The digits' images: the training set's, then test images for a digit with
+# fewer than N training images (N = 6000: 0, 2, 4, 5, 6, 8 and 9).
+MNIST_SPLIT = "train+test"
 # Which entry keys the figures show, in order.
 LABELS = {
     "input": "input",
@@ -509,6 +512,7 @@ class MnistProtocols(protocol.Protocol):
             "mode": args.mode,
             "n": args.n,
             "seed": args.seed,
+            "mnist_split": MNIST_SPLIT,
             "congeal_settings": _settings(args).to_dict(),
             "congeal_epochs_overridden": args.epochs is not None,
             # RASL's iteration cap is per entry (`max_iter`, `capped`): a later
@@ -522,6 +526,11 @@ class MnistProtocols(protocol.Protocol):
             "lsc": {"transform": "affine", "defaults": "run_lsc defaults"},
         }
 
+    def read_config(self, config):
+        # Files written before "mnist_split" took training images only, as
+        # this rule does for every N they could run.
+        return {"mnist_split": MNIST_SPLIT, **protocol.read_congeal_config(config)}
+
     def run_fields(self, args, data):
         return {"digits": args.digits, "sigmas": args.sigmas, "methods": args.methods}
 
@@ -530,7 +539,9 @@ class MnistProtocols(protocol.Protocol):
         from keras_congeal.data import mnist_digit_subset
 
         for digit in args.digits:
-            originals = mnist_digit_subset(digit, args.n, seed=args.seed, path=mnist)
+            originals = mnist_digit_subset(
+                digit, args.n, seed=args.seed, split=MNIST_SPLIT, path=mnist
+            )
             for sigma in args.sigmas:
                 yield protocol.Cell(
                     name=f"digit {digit} sigma {sigma:g}",

@@ -90,6 +90,10 @@ class Protocol:
             failed `status` (and `--retry-failed` exists), instead of
             stopping the run.
         epochs_help, rasl_stop_delta_help: str. `--help` of those options.
+
+    Hooks with a default: `read_config(config)`, a results file's config as
+    this code reads it before it is compared (resume, merge): by default
+    `read_congeal_config`.
     """
 
     module = None
@@ -101,6 +105,9 @@ class Protocol:
     measures = {}
     record_failures = False
     epochs_help = "keras_congeal epochs (default: the settings' own)"
+
+    def read_config(self, config):
+        return read_congeal_config(config)
     rasl_stop_delta_help = "RASL stopping threshold (default 0.005)"
 
     # === Hooks ===
@@ -263,7 +270,7 @@ class Protocol:
                 self.config(args),
                 run,
                 resume=args.resume,
-                read_config=read_congeal_config,
+                read_config=self.read_config,
             )
         except ValueError as error:
             parser.error(str(error))
@@ -281,7 +288,7 @@ class Protocol:
         """Writes to `prefix` the union of the results and images files of
         its name in the `--merge` folders (with `--resume`, the existing file
         first), then the report. Every file must have this protocol's schema
-        and the first one's config (read by `read_congeal_config`), and a key
+        and the first one's config (read by `read_config`), and a key
         in two files the same entry and array; else a parser error naming the
         file, and nothing written. `runs` are concatenated, then this merge's."""
         parts = [Path(folder) / Path(prefix).name for folder in args.merge]
@@ -299,14 +306,14 @@ class Protocol:
             except (OSError, ValueError, zipfile.BadZipFile) as error:
                 parser.error(f"--merge: {part_images} is not an images file ({error})")
         first_path, first, _ = files[0]
-        config = common.config_as_read(first.get("config"), read_congeal_config)
+        config = common.config_as_read(first.get("config"), self.read_config)
         runs, results, images = [], {}, {}
         for path, data, arrays in files:
             if data.get("schema") != self.schema:
                 parser.error(
                     f"--merge: {path} has schema {data.get('schema')!r}, expected {self.schema!r}"
                 )
-            other = common.config_as_read(data.get("config"), read_congeal_config)
+            other = common.config_as_read(data.get("config"), self.read_config)
             if other != config:
                 shown = (other, config)
                 if isinstance(other, dict) and isinstance(config, dict):  # only what differs

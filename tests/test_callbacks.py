@@ -45,3 +45,28 @@ def test_landmarks_logged_every_epoch_and_checked():
         AlignmentMonitor(images, landmarks=points[:5])
     with pytest.raises(ValueError, match="no image"):
         AlignmentMonitor(images, landmarks=np.full((8, 3, 2), np.nan))
+
+
+def _waits_for_every_step(callback):
+    """Whether Keras must wait for each step's losses to call `callback` (a
+    batch-end hook of its own, not declared async-safe)."""
+    own_hook = type(callback).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
+    return own_hook and not getattr(callback, "async_safe", False)
+
+
+def test_training_callbacks_leave_the_steps_asynchronous(tmp_path):
+    # A batch-end hook made Keras wait for every step's losses (4x slower
+    # training on a GPU: the device idled while the host dispatched).
+    from keras_congeal.callbacks import EpochBackupAndRestore
+    from keras_congeal.cli._train_and_align import _Backup, _StopAtStepEnd
+
+    assert _waits_for_every_step(keras.callbacks.BackupAndRestore(str(tmp_path / "a")))
+    for callback in (
+        EpochBackupAndRestore(str(tmp_path / "b")),
+        _Backup(str(tmp_path / "c")),
+        _StopAtStepEnd([]),
+        AlignmentMonitor(np.zeros((4, 28, 28, 1), "float32")),
+    ):
+        assert not _waits_for_every_step(callback), type(callback).__name__
+    # Saving every N steps, the hook is needed.
+    assert _waits_for_every_step(EpochBackupAndRestore(str(tmp_path / "d"), save_freq=2))

@@ -461,10 +461,10 @@ def test_ctrl_c_in_fit_is_held_to_the_step_end_and_a_second_stops_at_once():
     with pytest.raises(KeyboardInterrupt):
         with _interrupts_held_in_fit() as received:
             stop = _StopAtStepEnd(received)
-            stop.on_train_batch_end(0)  # no Ctrl-C yet: the step ends normally
+            stop.on_train_batch_begin(0)  # no Ctrl-C yet: the step runs
             signal.raise_signal(signal.SIGINT)  # held: the step goes on
             assert received == [signal.SIGINT]
-            stop.on_train_batch_end(1)  # ... and ends with the interrupt
+            stop.on_train_batch_begin(1)  # ... and the next one stops
     assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(KeyboardInterrupt):
         with _interrupts_held_in_fit():

@@ -28,6 +28,10 @@ def test_million_streams_and_resumes(tmp_path, monkeypatch, capsys):
     assert data["summary"]["apsnr_before"] > 0 and 0 < data["summary"]["ink_kept"] < 2
     memory = data["memory"]
     assert memory["image_stack_bytes"] == 120 * 28 * 28
+    # 4 steps of 32 (the last one of 24): the first timed apart.
+    assert data["steps_run_in_this_process"] == 4
+    assert 0 < data["train_first_step_seconds"] < data["train_seconds"]
+    assert data["train_steady_images_per_second"] > 0
     assert set(memory["phases"]) == {"imports", "generation", "training", "alignment"}
     assert memory["generation_workers"]["count"] >= 1
     if memory["peak_anon_bytes"] is not None:  # Linux
@@ -187,3 +191,18 @@ def test_memory_peaks_tell_anonymous_from_file_backed(tmp_path):
     # end, and about one array more than the pread phase.
     assert allocate["rss_bytes"] >= allocate["anon_bytes"] + allocate["file_bytes"] - 2**20
     assert allocate["rss_bytes"] < pread["rss_bytes"] + 1.5 * size
+
+
+def test_step_counter_stops_after_the_limit_and_keeps_steps_asynchronous():
+    import keras
+
+    counter = million._step_counter(limit=3)
+    # No batch-end hook: Keras need not wait for each step's losses.
+    assert type(counter).on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
+    counter.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    counter.model.stop_training = False  # as fit sets it
+    for step in range(3):
+        assert not counter.model.stop_training
+        counter.on_train_batch_begin(step)
+    assert counter.steps == 3 and counter.model.stop_training  # after the third step
+    assert counter.second_step_began is not None

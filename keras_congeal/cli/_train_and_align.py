@@ -31,6 +31,7 @@ import warnings
 
 import keras
 
+from keras_congeal.callbacks import EpochBackupAndRestore
 from keras_congeal.cli._aligning import align_into
 from keras_congeal.cli._inputs import images_nhwc
 from keras_congeal.cli._report import (
@@ -118,24 +119,26 @@ def _interrupts_held_in_fit():
 
 class _StopAtStepEnd(keras.callbacks.Callback):
     """Raises the `KeyboardInterrupt` of a Ctrl-C held by `_interrupts_held_in_fit`
-    at the end of a training step, outside the backend's tracing and execution
+    between two training steps, outside the backend's tracing and execution
     (a `KeyboardInterrupt` raised inside TensorFlow's first-step tracing surfaced
-    as an unrelated `TypeError`)."""
+    as an unrelated `TypeError`). It acts when the next step begins: a callback
+    at a step's end would make Keras wait for every step's losses (no batch-end
+    hook keeps the device's queue full)."""
 
     def __init__(self, received):
         super().__init__()
         self.received = received
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if self.received:
             raise KeyboardInterrupt
 
-    on_epoch_end = on_train_batch_end
+    on_epoch_end = on_train_batch_begin
 
 
-class _Backup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in half
-    (a half-written `latest.weights.h5` could not be resumed)."""
+class _Backup(EpochBackupAndRestore):
+    """`EpochBackupAndRestore` whose checkpoint writes a Ctrl-C cannot cut in
+    half (a half-written `latest.weights.h5` could not be resumed)."""
 
     def on_train_batch_end(self, batch, logs=None):
         with _interrupts_held():

@@ -23,7 +23,7 @@ __all__ = [
 
 DATA_ENV_VAR = "KERAS_CONGEAL_DATA"
 MNIST_FILENAME = "mnist.npz"
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "test", "train+test")
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -121,9 +121,12 @@ def mnist_digit_subset(digit, n, seed=0, split="train", path=None):
     Args:
         digit: int in 0..9.
         n: int, the number of images (at most the number of that digit in the
-            split, e.g. 6131 threes in the training set).
+            split, e.g. 6131 threes in the training set; with `"train+test"`,
+            in both, at least 6313 for every digit).
         seed: int or `np.random.Generator`. Defaults to `0`.
-        split: `"train"` or `"test"`. Defaults to `"train"`.
+        split: `"train"`, `"test"` or `"train+test"`: the training images
+            first (the same subset as `"train"` when there are `n`), then
+            test images. Defaults to `"train"`.
         path: `mnist.npz` or its directory; see `load_mnist`.
 
     Returns:
@@ -138,6 +141,21 @@ def mnist_digit_subset(digit, n, seed=0, split="train", path=None):
     if split not in _SPLITS:
         raise ValueError(f"Unknown split={split!r}. Expected one of {_SPLITS}.")
     train, test = load_mnist(path)
+    if split == "train+test":
+        # The training images first (the "train" subset while n allows),
+        # then test images: n up to 6313 for every digit.
+        in_train = int(np.sum(train[1] == _check_digit(digit)))
+        in_both = in_train + int(np.sum(test[1] == digit))
+        if n > in_both:
+            raise ValueError(
+                f"Requested n={n} images of digit {digit}, but only {in_both} exist "
+                f"in the training and test sets."
+            )
+        if n > in_train:
+            extra = mnist_digit_indices(test[1], digit, n - in_train, seed=seed)
+            order = mnist_digit_indices(train[1], digit, in_train, seed=seed)
+            return np.concatenate([train[0][order], test[0][extra]])
+        split = "train"
     images, labels = train if split == "train" else test
     return images[mnist_digit_indices(labels, digit, n, seed=seed)]
 

@@ -72,6 +72,18 @@ def test_digit_subset(fake_mnist):
         mnist_digit_subset(4, 1, split="valid", path=fake_mnist)
 
 
+def test_train_then_test_subset(fake_mnist):
+    # 40 fours in the fake training set, 10 in its test set.
+    (x_train, y_train), (x_test, y_test) = load_mnist(fake_mnist)
+    both = mnist_digit_subset(4, 25, seed=3, split="train+test", path=fake_mnist)
+    np.testing.assert_array_equal(both, mnist_digit_subset(4, 25, seed=3, path=fake_mnist))
+    more = mnist_digit_subset(4, 46, seed=3, split="train+test", path=fake_mnist)
+    np.testing.assert_array_equal(more[:40], x_train[mnist_digit_indices(y_train, 4, 40, 3)])
+    np.testing.assert_array_equal(more[40:], x_test[mnist_digit_indices(y_test, 4, 6, 3)])
+    with pytest.raises(ValueError, match="n=51 .* only 50 exist in the training and test"):
+        mnist_digit_subset(4, 51, split="train+test", path=fake_mnist)
+
+
 @pytest.mark.data
 def test_real_mnist(mnist_dir):
     (x_train, y_train), (x_test, y_test) = load_mnist(mnist_dir)
