@@ -607,7 +607,6 @@ def main(argv=None) -> int:
 
     memory = MemoryPeaks().start()
     with memory.phase("imports"):
-
         from keras_congeal.callbacks import EpochBackupAndRestore
         from keras_congeal.data.mnist import load_mnist
         from keras_congeal.training import CongealSettings, fit_congealer
