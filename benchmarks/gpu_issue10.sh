@@ -14,9 +14,11 @@
 #   affnist   benchmarks.million --protocol affnist --n 100000 --epochs 2 (Figure 7);
 #   quick     the quick protocol's held-out style check (1000 threes, perspective sigma
 #             0.2, default settings, fit_congealer) in float32 and mixed_bfloat16;
+#   million_small  the same at N = 100000 (host memory flat in N?);
 #   protocol  the full MNIST protocol (benchmarks.mnist_protocols --full, N = 6000,
-#             ten digits, four sigmas) for $PROTOCOL_METHODS (default input oracle
-#             kc-D+C kc-D kc-C lsc-affine), one process per digit side by side, resumed
+#             ten digits, four sigmas), in passes over the cells ($PROTOCOL_PASSES,
+#             default "input,oracle,kc-D+C;kc-D,kc-C": every cell's D+C first; LSC runs
+#             on a CPU), one process per digit side by side, resumed
 #             from and saved to $PROTOCOL_DIR/digit<d> (default ./.gpu/full), until the
 #             budget ends (each finished entry is kept); merge the shards afterwards with
 #             `python -m benchmarks.mnist_protocols --full --merge ...`;
@@ -37,7 +39,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 PROTOCOL_DIR=${PROTOCOL_DIR:-$PWD/.gpu/full}
 RASL_DIR=${RASL_DIR:-$PWD/.gpu/rasl}
-PROTOCOL_METHODS=${PROTOCOL_METHODS:-input oracle kc-D+C kc-D kc-C lsc-affine}
+PROTOCOL_PASSES=${PROTOCOL_PASSES:-input,oracle,kc-D+C;kc-D,kc-C}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ "${TINY:-0}" = 1 ]; then
@@ -107,6 +109,11 @@ phase_million() {
     "$MILLION_BATCH" --align-batch-size "$ALIGN_BATCH" --output "$work/million.json"
 }
 
+phase_million_small() {  # the same at a tenth of the size: is the host memory flat in N?
+  step million_small 120 "$PY" -m benchmarks.million --n $(( N / 10 )) --epochs 1 --batch-size \
+    "$MILLION_BATCH" --align-batch-size "$ALIGN_BATCH" --output "$work/million_small.json"
+}
+
 phase_affnist() {
   step affnist 150 "$PY" -m benchmarks.million --protocol affnist --n "$AFF_N" --epochs 2 \
     --batch-size "$MILLION_BATCH" --align-batch-size "$ALIGN_BATCH" \
@@ -121,13 +128,15 @@ phase_quick() {  # the quick protocol, float32 and mixed_bfloat16 side by side (
     '$work/quick.npy' mixed_bfloat16 $QUICK_EPOCHS > '$work/quick_mixed_bfloat16.json' & wait"
 }
 
-phase_protocol() {  # one process per digit until the budget ends
+phase_protocol() {  # one process per digit and pass until the budget ends
   local d pids=() rest=$(( $(left) - 15 ))
   local start=$(date +%s)
   for d in $DIGITS; do
     mkdir -p "$PROTOCOL_DIR/digit$d"
-    timeout "$rest" "$PY" -m benchmarks.mnist_protocols --full --n "$FULL_N" $FULL_EPOCHS \
-      --digits "$d" --methods $PROTOCOL_METHODS --resume --output-dir "$PROTOCOL_DIR/digit$d" \
+    timeout "$rest" bash -c 'IFS=";"; for methods in $1; do IFS=" "
+      "$2" -m benchmarks.mnist_protocols --full --n "$3" $4 --digits "$5" \
+        --methods ${methods//,/ } --resume --output-dir "$6"; done' _ "$PROTOCOL_PASSES" \
+      "$PY" "$FULL_N" "$FULL_EPOCHS" "$d" "$PROTOCOL_DIR/digit$d" \
       > "$work/protocol_digit$d.log" 2>&1 &
     pids+=($!)
   done

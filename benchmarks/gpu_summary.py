@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         _profile(path, json.loads(path.read_text()))
     for path in sorted(folder.glob("bench_*.json")):
         _bench(path, json.loads(path.read_text()))
-    for name in ("million", "affnist"):
+    for name in ("million", "million_small", "affnist"):
         path = folder / f"{name}.json"
         if path.exists():
             _million(path, json.loads(path.read_text()))

@@ -303,12 +303,13 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
     batches_class = (DeviceImageBatches if _use_device_data(images, device_data)
                      else ImageBatches)
     with _distributed(resolved if keras.backend.backend() == "jax" else None):
-        # On JAX a batch must divide among the devices: a last, smaller batch
-        # is cut to a multiple of their number (at most `replicas - 1` images
-        # skipped).
+        # Every batch is full (the last one completed from the set's start):
+        # one compiled step. On JAX a batch must divide among the devices: a
+        # set smaller than a batch is cut to a multiple of their number (at
+        # most `replicas - 1` images skipped).
         batches = batches_class(images, settings.batch_size, shuffle=True, seed=settings.seed,
                                 multiple_of=replicas if keras.backend.backend() == "jax" else 1,
-                                process=process)
+                                process=process, wrap_last=True)
         history = model.fit(batches, epochs=epochs,
                             initial_epoch=initial_epoch,
                             callbacks=callbacks, verbose=verbose)

@@ -226,3 +226,39 @@ def test_device_batches_refuse_nan():
     images[1, 0, 0] = np.inf
     with pytest.raises(ValueError, match="contain NaN or infinite values"):
         DeviceImageBatches(images, 2)
+
+
+# === wrap_last ===
+
+
+def test_wrap_last_completes_the_last_batch_from_the_start():
+    # 10 images, batches of 4: the last is images 8, 9 then 0, 1.
+    dataset = ImageBatches(COUNTING, 4, False, wrap_last=True)
+    assert [_image_ids(b) for b in _batches(dataset)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    # Shuffled, every image is in every epoch and every batch is full.
+    shuffled = ImageBatches(COUNTING, 4, True, seed=3, wrap_last=True)
+    for _ in range(3):
+        batches = _batches(shuffled)
+        assert [len(b) for b in batches] == [4, 4, 4]
+        assert set(i for b in batches for i in _image_ids(b)) == set(range(10))
+        shuffled.on_epoch_end()
+    # Fewer images than a batch: one smaller batch, as without wrapping.
+    assert [len(b) for b in _batches(ImageBatches(COUNTING[:3], 4, False, wrap_last=True))] == [3]
+
+
+def test_wrap_last_with_processes_reads_slices_of_the_wrapped_batch():
+    # Batches of 6 of 10 images: the last is 6..9, 0, 1; its halves 6, 7, 8 and 9, 0, 1.
+    halves = [_batches(ImageBatches(COUNTING, 6, False, multiple_of=2, process=(rank, 2),
+                                    wrap_last=True)) for rank in range(2)]
+    assert [_image_ids(b) for b in halves[0]] == [[0, 1, 2], [6, 7, 8]]
+    assert [_image_ids(b) for b in halves[1]] == [[3, 4, 5], [9, 0, 1]]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="DeviceImageBatches is JAX's")
+def test_device_batches_wrap_like_the_host_batches():
+    for shuffle in (False, True):
+        host = ImageBatches(COUNTING, 4, shuffle, seed=5, wrap_last=True)
+        device = DeviceImageBatches(COUNTING, 4, shuffle, seed=5, wrap_last=True)
+        for a, (b,) in zip(_batches(host), [device[i] for i in range(len(device))], strict=True):
+            np.testing.assert_allclose(np.asarray(b), a, rtol=0, atol=1e-7)
