@@ -21,7 +21,11 @@ class AlignmentMonitor(keras.callbacks.Callback):
     `scale` (median linear scale of the aligned content relative to the
     input). APSNR alone can be gamed by shrinking the content or pushing it out
     of the frame; the other two expose that. If `ink_kept` falls below
-    `collapse_ink` a warning says the run is collapsing.
+    `collapse_ink` a warning says the run is collapsing; with
+    `restore_on_collapse`, training also stops there and the model gets back
+    the weights of the last measured epoch that kept more (`restored_epoch`;
+    a long digit run at N = 6000 was seen to keep 91% of the ink for 18
+    epochs, then 8%, then oscillate and end at 2%, its APSNR 29 dB).
 
     With `landmarks` (known points of the sample, e.g. eye corners and nose
     tip of faces), it also logs `landmark_error` (%, the paper's Table 2
@@ -33,17 +37,24 @@ class AlignmentMonitor(keras.callbacks.Callback):
             (a few hundred images are plenty).
         every: int. Measure every `every` epochs. Defaults to 1.
         collapse_ink: float. Warn below this ink ratio. Defaults to 0.5.
+        restore_on_collapse: bool. Below `collapse_ink`, also stop training
+            and restore the last healthy epoch's weights (none measured yet:
+            the weights stay). Defaults to `False`.
         landmarks: optional array (N, K, 2): `(x, y)` pixel positions of K
             points in each input image (rows with NaN: not annotated).
         eyes: pair of indices into the K points whose mean distance
             normalises the error. Defaults to `(0, 1)`.
     """
 
-    def __init__(self, images, every=1, collapse_ink=0.5, landmarks=None, eyes=(0, 1)):
+    def __init__(self, images, every=1, collapse_ink=0.5, landmarks=None, eyes=(0, 1),
+                 restore_on_collapse=False):
         super().__init__()
         self.images = np.asarray(images, dtype="float32")
         self.every = int(every)
         self.collapse_ink = float(collapse_ink)
+        self.restore_on_collapse = bool(restore_on_collapse)
+        self.restored_epoch = None  # the epoch whose weights a collapse restored
+        self._healthy = None  # (epoch, weights) of the last healthy measure
         self.eyes = tuple(eyes)
         self.landmarks = None
         if landmarks is not None:
@@ -80,13 +91,30 @@ class AlignmentMonitor(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, **measures})
         if logs is not None:
             logs.update(measures)
-        if measures["ink_kept"] < self.collapse_ink:
-            warnings.warn(
-                f"Epoch {epoch + 1}: the aligned images keep {measures['ink_kept']:.0%} of "
-                "the input's content: the alignment is collapsing (content shrunk or "
-                "warped out of the frame). Raise `ink_weight` or lower the learning rate.",
-                stacklevel=2,
-            )
+        if measures["ink_kept"] >= self.collapse_ink:
+            if self.restore_on_collapse:
+                self._healthy = (epoch + 1, [np.array(w) for w in self.model.get_weights()])
+            return
+        message = (
+            f"Epoch {epoch + 1}: the aligned images keep {measures['ink_kept']:.0%} of "
+            "the input's content: the alignment is collapsing (content shrunk or "
+            "warped out of the frame)."
+        )
+        if not self.restore_on_collapse:
+            warnings.warn(message + " Raise `ink_weight` or lower the learning rate.",
+                          stacklevel=2)
+            return
+        self.model.stop_training = True
+        if self._healthy is None:
+            warnings.warn(message + " Training stops; no earlier epoch was measured.",
+                          stacklevel=2)
+            return
+        self.restored_epoch, weights = self._healthy
+        self.model.set_weights(weights)
+        warnings.warn(
+            message + f" Training stops with the weights of epoch {self.restored_epoch}.",
+            stacklevel=2,
+        )
 
 
 class EpochBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -53,6 +53,11 @@ class CongealSettings:
             geometry and losses (for GPUs; slow on most CPUs).
         min_steps: at least this many training steps: on a small set the
             epochs are raised to cover them (`epochs_for`).
+        collapse_ink: when the monitored sample of `fit_congealer` keeps
+            less than this fraction of its content (`ink_kept`), training
+            stops with the weights of the last measured epoch that kept more:
+            a guard against the degenerate solution that erases the content
+            (0 = off).
         seed: seeds Keras, NumPy and the reference sample.
 
     `CongealSettings()` holds the digit defaults; `for_preset("lfw")` the
@@ -79,6 +84,7 @@ class CongealSettings:
     distortion_window: float = 0.0
     centring_weight: float = 0.0
     min_steps: int = 0
+    collapse_ink: float = 0.5
     precision: str = "float32"
     seed: int = 0
 
@@ -95,6 +101,7 @@ class CongealSettings:
             (self.scale_weight >= 0, "scale_weight", "a number >= 0"),
             (self.distortion_window >= 0, "distortion_window", "a number >= 0"),
             (self.centring_weight >= 0, "centring_weight", "a number >= 0"),
+            (0 <= self.collapse_ink < 1, "collapse_ink", "a number in [0, 1)"),
             (self.code_size is None or self.code_size >= 1, "code_size", "an integer >= 1"),
         ]
         for name, allowed in SETTING_CHOICES.items():

@@ -252,7 +252,8 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
             digit defaults; `CongealSettings.for_preset("lfw")` for faces).
             Trains `settings.epochs_for(len(images))` epochs.
         monitor_size: int. Images of a fixed random sample whose APSNR, ink
-            kept and content scale are logged every epoch (0: none).
+            kept and content scale are logged every epoch (0: none, and no
+            collapse guard: see `settings.collapse_ink`).
         callbacks: extra Keras callbacks (e.g. `BackupAndRestore`).
         verbose: passed to `fit`.
         model: an existing `Congealer` to continue training, or `None`.
@@ -297,7 +298,9 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         # About MONITORED_EPOCHS measures whatever the number of epochs.
         every = max(1, round(epochs / MONITORED_EPOCHS))
         callbacks.insert(0, AlignmentMonitor(as_float_images(images[picks], data_range),
-                                             every=every))
+                                             every=every,
+                                             collapse_ink=settings.collapse_ink,
+                                             restore_on_collapse=settings.collapse_ink > 0))
     resolved = local_devices(devices)
     replicas = len(resolved) if resolved else 1
     batches_class = (DeviceImageBatches if _use_device_data(images, device_data)

@@ -70,3 +70,48 @@ def test_training_callbacks_leave_the_steps_asynchronous(tmp_path):
         assert not _waits_for_every_step(callback), type(callback).__name__
     # Saving every N steps, the hook is needed.
     assert _waits_for_every_step(EpochBackupAndRestore(str(tmp_path / "d"), save_freq=2))
+
+
+class _ScriptedMonitor(AlignmentMonitor):
+    """An `AlignmentMonitor` whose measures of `ink_kept` follow a script."""
+
+    def __init__(self, images, inks, **kwargs):
+        super().__init__(images, **kwargs)
+        self.inks = list(inks)
+
+    def measure(self):
+        return {"apsnr": 10.0, "ink_kept": self.inks.pop(0), "scale": 1.0}
+
+
+class _WeightsAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch + 1] = [np.array(w) for w in self.model.get_weights()]
+
+
+def test_collapse_restores_the_last_healthy_epoch_and_stops(recwarn):
+    images = np.random.default_rng(0).uniform(size=(16, 16, 16, 1)).astype("float32")
+    model = tiny_congealer(images[0])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    # Healthy at epochs 1 and 2, collapsed at 3: training stops after 3 of 6
+    # epochs with epoch 2's weights.
+    monitor = _ScriptedMonitor(images, [0.9, 0.8, 0.1, 0.9, 0.9, 0.9], collapse_ink=0.5,
+                               restore_on_collapse=True)
+    seen = _WeightsAtEpochEnd()
+    history = model.fit(images, batch_size=8, epochs=6, verbose=0, callbacks=[monitor, seen])
+    assert len(history.history["loss"]) == 3 and monitor.restored_epoch == 2
+    for final, kept in zip(model.get_weights(), seen.weights[2], strict=True):
+        np.testing.assert_array_equal(final, kept)
+    assert any(not np.array_equal(a, b) for a, b in zip(seen.weights[2], seen.weights[1],
+                                                        strict=True))
+    assert "weights of epoch 2" in str(recwarn.pop(UserWarning).message)
+    # Without restore_on_collapse: a warning, and training goes on.
+    model = tiny_congealer(images[0])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    monitor = _ScriptedMonitor(images, [0.9, 0.1, 0.9], collapse_ink=0.5)
+    history = model.fit(images, batch_size=8, epochs=3, verbose=0, callbacks=[monitor])
+    assert len(history.history["loss"]) == 3 and monitor.restored_epoch is None
+    assert "Raise `ink_weight`" in str(recwarn.pop(UserWarning).message)

@@ -28,6 +28,7 @@ SETTING_FLAGS = {
     "distortion_window": "--distortion-window",
     "centring_weight": "--centring-weight",
     "min_steps": "--min-steps",
+    "collapse_ink": "--collapse-ink",
     "precision": "--precision",
     "seed": "--seed",
 }
@@ -103,6 +104,10 @@ def add_setting_arguments(parser):
                             "the identity (0: none)", None),
         "min_steps": ({"type": int, "metavar": "N"},
                       "train at least N steps (more epochs on small sets)", None),
+        "collapse_ink": ({"type": float, "metavar": "FRACTION"},
+                         "stop training, with the last healthy epoch's weights, when the "
+                         "monitored sample keeps less than this fraction of its content "
+                         "(0: off)", None),
         "precision": ({"choices": list(SETTING_CHOICES["precision"])},
                       "float32, or bfloat16 compute with float32 geometry and losses "
                       "(GPUs)", None),
