@@ -60,6 +60,8 @@ MODES = {
 # The digits' images: the training set's, then test images for a digit with
 # fewer than N training images (N = 6000: 0, 2, 4, 5, 6, 8 and 9).
 MNIST_SPLIT = "train+test"
+# An entry keeping less of the ink than this is marked erased in the tables.
+ERASED_INK = 0.5
 # Which entry keys the figures show, in order.
 LABELS = {
     "input": "input",
@@ -255,6 +257,10 @@ def summary_rows(results, sigmas, methods):
                     **{name: protocol.mean_of([e[name] for e in entries]) for name in _AVERAGED},
                     "capped": any(e.get("capped") for e in entries),
                     "failed": len(failed),
+                    "erased": sum(
+                        e["ink_kept"] is not None and e["ink_kept"] < ERASED_INK for e in entries
+                    ),
+                    "not_finite": sum(not np.isfinite(float(e["apsnr"])) for e in entries),
                 }
             )
     return rows
@@ -269,6 +275,8 @@ def tables(results, methods):
         mark = "*" if r["method"].startswith("rasl") else ""
         mark += " (capped)" if r["capped"] else ""
         mark += f" ({r['failed']} failed)" if r["failed"] else ""
+        mark += f" ({r['erased']} erased)" if r.get("erased") else ""
+        mark += f" ({r['not_finite']} inf, not averaged)" if r.get("not_finite") else ""
         rows.append(
             [
                 f"{r['sigma']:g}",
@@ -317,7 +325,10 @@ def tables(results, methods):
         "`*` RASL: over the images it kept (it drops images perturbed out of the "
         "frame; see kept/N). `(capped)`: RASL stopped at --rasl-max-iter before its own "
         "stopping rule. `failed`: the method raised (the JSON entry's `status` says "
-        "what). scale: median content scale (1 = unchanged, < 1 = shrunk).",
+        f"what). `erased`: entries that kept less than {ERASED_INK:g} of the ink (the "
+        "degenerate solution: content shrunk or warped out of the frame; their APSNR "
+        "means nothing). `inf`: an all-black result (APSNR infinite), left out of the "
+        "average. scale: median content scale (1 = unchanged, < 1 = shrunk).",
     ]
     return "\n".join(text)
 

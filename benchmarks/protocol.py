@@ -476,8 +476,10 @@ def load_images(path):
 
 
 def mean_of(values):
-    """The mean of the finite values among `values` (None skipped), or None."""
-    values = [v for v in values if v is not None and np.isfinite(v)]
+    """The mean of the finite values among `values` (None skipped; the JSON's
+    "inf" and "nan" strings are not finite), or None."""
+    values = [float(v) for v in values if v is not None]
+    values = [v for v in values if np.isfinite(v)]
     return float(np.mean(values)) if values else None
 
 

@@ -580,3 +580,21 @@ def test_merge_through_a_subprocess(tmp_path):
             f"{{'n': 20}}, {tmp_path / 'd3' / 'mnist_protocols_quick.json'} with {{'n': 10}}"
         )
     )
+
+
+def test_tables_mark_erased_and_infinite_entries():
+    # Hand-made entries: digit 1 erased to black (APSNR "inf" as the JSON
+    # writes it), digit 9 erased to 2% of the ink, digit 3 healthy.
+    def entry(digit, apsnr, ink):
+        return {"digit": digit, "sigma": 0.3, "method": "kc-D+C", "status": "ok",
+                "apsnr": apsnr, "ink_kept": ink, "content_scale_median": 1.0,
+                "seconds": 1.0, "images": 10, "images_kept": 10}
+
+    results = {f"digit{d}/sigma0.3/kc-D+C": entry(d, a, i)
+               for d, a, i in ((1, "inf", 0.0), (3, 15.0, 0.9), (9, 29.0, 0.02))}
+    rows = mnist_protocols.summary_rows(results, [0.3], ["kc-D+C"])
+    assert rows[0]["apsnr"] == pytest.approx(22.0)  # (15 + 29) / 2: inf left out
+    assert rows[0]["erased"] == 2 and rows[0]["not_finite"] == 1
+    text = mnist_protocols.tables(results, ["kc-D+C"])
+    assert "| 22.00 (2 erased) (1 inf, not averaged) |" in text
+    assert protocol.mean_of([1.0, None, "nan", float("inf"), 3.0]) == 2.0
