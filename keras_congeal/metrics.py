@@ -29,6 +29,27 @@ __all__ = [
 ]
 
 
+def _mean_and_m2(batch):
+    """Per-pixel mean and sum of squared deviations of a batch, in float64.
+
+    A float32 batch (the aligned images) is not copied to float64: its
+    deviations from the float32-rounded mean are float32 and summed in float64
+    (about twice as fast), then corrected by `n (mean - rounded)^2`, so the
+    result differs from the float64 computation by float32 rounding of each
+    deviation (~1e-7 relative)."""
+    if batch.dtype != np.float32:
+        batch = batch.astype("float64")
+        mean = batch.mean(axis=0)
+        return mean, np.square(batch - mean).sum(axis=0)
+    mean = batch.mean(axis=0, dtype="float64")
+    rounded = mean.astype("float32")
+    deviations = batch - rounded
+    np.square(deviations, out=deviations)
+    m2 = deviations.sum(axis=0, dtype="float64")
+    m2 -= len(batch) * np.square(mean - rounded.astype("float64"))
+    return mean, np.maximum(m2, 0.0)
+
+
 class ImageStats:
     """Running mean and variance images, merged batch by batch (Chan et al.).
 
@@ -55,7 +76,7 @@ class ImageStats:
 
     def update(self, images):
         """Adds a batch (B, H, W[, C]) of images."""
-        batch = np.asarray(images, dtype="float64") * (255.0 / self.data_range)
+        batch = np.asarray(images)
         if batch.ndim < 3:
             raise ValueError(
                 f"Expected a batch of images (batch, height, width[, channels]), "
@@ -69,8 +90,9 @@ class ImageStats:
                 f"Image shape {batch.shape[1:]} differs from earlier images "
                 f"{self._mean.shape}."
             )
-        mean = batch.mean(axis=0)
-        m2 = ((batch - mean) ** 2).sum(axis=0)
+        mean, m2 = _mean_and_m2(batch)
+        scale = 255.0 / self.data_range
+        mean, m2 = mean * scale, m2 * scale**2
         if self._mean is None:
             self.count, self._mean, self._m2 = n, mean, m2
             return self

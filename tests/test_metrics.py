@@ -49,3 +49,18 @@ def test_content_scale_and_ink_by_hand():
     np.testing.assert_allclose(content_scale(np.eye(3)[None], (9, 9)), [1.0])
     assert ink_kept(np.ones((2, 3, 3)), np.full((2, 3, 3), 0.25)) == pytest.approx(0.25)
     assert np.isnan(ink_kept(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))))
+
+
+def test_image_stats_of_float32_match_float64():
+    # Float32 batches are summed without a float64 copy: same statistics to
+    # float32 rounding, merged batch by batch as in float64.
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(300, 7, 5, 1)).astype("float32")
+    images[:, 0, 0] = 0.5  # a constant pixel: variance exactly 0
+    fast = ImageStats(1.0).update(images[:120]).update(images[120:])
+    exact = ImageStats(1.0).update(images[:120].astype("float64")).update(
+        images[120:].astype("float64"))
+    np.testing.assert_allclose(fast.mean, exact.mean, rtol=1e-12)
+    np.testing.assert_allclose(fast.variance, exact.variance, rtol=1e-6, atol=1e-12)
+    assert fast.variance[0, 0, 0] == 0.0
+    assert fast.apsnr() == pytest.approx(exact.apsnr(), abs=1e-5)
