@@ -30,6 +30,7 @@ __all__ = [
     "log",
     "write_json_atomic",
     "read_json",
+    "read_results_file",
     "ResultStore",
     "markdown_table",
     "fmt",
@@ -257,6 +258,20 @@ def write_npz_atomic(path, arrays):
         np.savez_compressed(f, **arrays)
 
 
+def read_results_file(path):
+    """A results file (a dict with a `results` dict, as `ResultStore` writes);
+    `ValueError` (one line) when it is missing or not one."""
+    if not Path(path).exists():
+        raise ValueError(f"{path} does not exist")
+    try:
+        data = read_json(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a JSON file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ValueError(f"{path} is not a results file (no 'results' object)")
+    return data
+
+
 def config_as_read(config, read_config=None):
     """A recorded results file's `config` as it is compared with another:
     through `read_config` (see `ResultStore`) when given, JSON-safe."""
@@ -291,11 +306,9 @@ class ResultStore:
         self.data = {"schema": schema, "config": _jsonable(config), "runs": [], "results": {}}
         if resume and self.path.exists():
             try:
-                old = read_json(self.path)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"cannot resume {self.path}: not a JSON file ({error})") from None
-            if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
-                raise ValueError(f"cannot resume {self.path}: not a results file (no 'results')")
+                old = read_results_file(self.path)
+            except ValueError as error:
+                raise ValueError(f"cannot resume: {error}") from None
             recorded = config_as_read(old.get("config"), read_config)
             if old.get("schema") != schema or recorded != self.data["config"]:
                 raise ValueError(

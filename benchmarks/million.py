@@ -700,6 +700,7 @@ def main(argv=None) -> int:
         "image_stack_bytes": image_stack_bytes,
     }
     epochs_run = len(history.history.get("loss", []))
+    trained = min(counter.steps * args.batch_size, epochs_run * args.n)  # images
     report = {
         "schema": SCHEMA,
         "run": run,
@@ -719,16 +720,11 @@ def main(argv=None) -> int:
         "train_seconds": train_seconds,
         "epochs_run_in_this_process": epochs_run,
         "steps_run_in_this_process": counter.steps,
-        "train_images_per_second": (
-            min(counter.steps * args.batch_size, epochs_run * args.n) / train_seconds
-            if epochs_run
-            else None
-        ),
+        "train_images_per_second": trained / train_seconds if epochs_run else None,
         # Without the first step (tracing, compilation, autotuning): the rate
         # of the steps after it, to the end of fit.
         "train_steady_images_per_second": (
-            (min(counter.steps * args.batch_size, epochs_run * args.n) - args.batch_size)
-            / (train_end - counter.second_step_began)
+            (trained - args.batch_size) / (train_end - counter.second_step_began)
             if epochs_run and counter.second_step_began
             else None
         ),

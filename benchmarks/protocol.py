@@ -32,7 +32,6 @@ a method that raised as `status: "failed: <error>"`, rerun only with
 """
 
 import dataclasses
-import json
 import sys
 import time
 import zipfile
@@ -105,12 +104,12 @@ class Protocol:
     measures = {}
     record_failures = False
     epochs_help = "keras_congeal epochs (default: the settings' own)"
-
-    def read_config(self, config):
-        return read_congeal_config(config)
     rasl_stop_delta_help = "RASL stopping threshold (default 0.005)"
 
     # === Hooks ===
+
+    def read_config(self, config):
+        return read_congeal_config(config)
 
     def add_arguments(self, parser):
         """Adds the script's own options to `parser`."""
@@ -298,7 +297,7 @@ class Protocol:
         for part in parts:
             path, part_images = Path(f"{part}.json"), f"{part}{self.images_suffix}.npz"
             try:
-                data = _read_results_file(path)
+                data = common.read_results_file(path)
             except ValueError as error:
                 parser.error(f"--merge: {error}")
             try:
@@ -450,21 +449,7 @@ def read_congeal_config(config):
 def read_results(path):
     """The `results` of a results file; `ValueError` (one line) when it is
     missing or not one."""
-    return _read_results_file(path)["results"]
-
-
-def _read_results_file(path):
-    """A results file (a dict with a `results` dict); `ValueError` (one line)
-    when it is missing or not one."""
-    if not Path(path).exists():
-        raise ValueError(f"{path} does not exist")
-    try:
-        data = common.read_json(path)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not a JSON file ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise ValueError(f"{path} is not a results file (no 'results' object)")
-    return data
+    return common.read_results_file(path)["results"]
 
 
 def load_images(path):

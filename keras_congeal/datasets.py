@@ -216,6 +216,7 @@ class DeviceImageBatches(ImageBatches):
 
     def __getitem__(self, index):
         start, size = self._bounds(index)
-        wrapped = max(0, start + size - len(self.images))
+        _, *continued = self._segments(start, size)
+        wrapped = continued[0][1] if continued else 0
         # A tuple: Keras takes a bare array only from NumPy.
         return (self._take(self.device_images, start, size, wrapped),)
