@@ -11,14 +11,10 @@ from pathlib import Path
 
 
 def _bench(path, data):
+    # bench_training's own table (images/s, ms/step, fraction of the matmul rate).
     print(f"{path.stem}: {data.get('flops_per_image', 0) / 1e6:.1f} MFLOP/image, matmul "
           f"{data.get('matmul_flops_per_second', 0) / 1e12:.1f} TFLOP/s")
-    for r in data["results"]:
-        if r["status"] == "ok":
-            print(f"  batch {r['batch_size']} {r['loop']}: {r['images_per_second']:.0f} img/s, "
-                  f"{r.get('fraction_of_matmul_rate', 0):.4f} of matmul rate")
-        else:
-            print(f"  batch {r['batch_size']} {r['loop']}: {r['status']}")
+    print("\n".join("  " + line for line in data["table"].splitlines()))
 
 
 def _profile(path, data):
@@ -29,7 +25,7 @@ def _profile(path, data):
 def _million(path, m):
     s = m["summary"]
     memory = m.get("memory", {})
-    peak = memory.get("peak_bytes") or memory.get("peak_rss_bytes") or 0
+    peak = memory.get("peak_bytes") or 0
     print(f"{path.stem}: n {m['config']['n']}, generate {m['generate_seconds']:.1f} s, train "
           f"{m['train_seconds']:.1f} s ({m['train_images_per_second'] or 0:.0f} img/s), align "
           f"{m['align_seconds']:.1f} s ({m['align_images_per_second']:.0f} img/s; metrics "

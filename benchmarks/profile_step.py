@@ -74,7 +74,7 @@ def scope_of(op_name, depth):
             part = match[1]
         if part and not part.startswith("jit(") and part not in ("train_step", "compute_loss"):
             names.append(part)
-    names = [n for n in names[:-1]] or names  # the last part is the primitive
+    names = names[:-1] or names  # the last part is the primitive
     scope = "/".join(names[:depth]) or "(other)"
     return f"{scope} [bwd]" if backward else scope
 
@@ -117,7 +117,7 @@ def device_op_times(trace_path, module):
     return times, counts, bool(device_pids)
 
 
-def profile(args, dump_dir, trace_dir, log):
+def profile(args, dump_dir, trace_dir):
     import jax
     import keras
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                                    f" --xla_dump_hlo_module_re=.*{args.module}.*").strip()
         record = common.run_record(argv, module="benchmarks.profile_step")
         common.log(f"backend {record['keras']['backend']} on {record['keras']['devices']}")
-        result = profile(args, dump_dir, trace_dir, common.log)
+        result = profile(args, dump_dir, trace_dir)
     text = tables(result, args.top)
     print(text)
     if args.output:
