@@ -9,6 +9,7 @@ from keras_congeal.constants import (
     OBJECTIVES,
     PRECISIONS,
 )
+from keras_congeal.io.images import value_range_of
 from keras_congeal.layers import BilinearSampler, DeSTNet, PenalisedAutoencoder
 from keras_congeal.ops import filters, geometry
 from keras_congeal.presets import get_preset
@@ -304,8 +305,10 @@ class Congealer(keras.Model):
         """Aligns images with the trained aligner (no re-optimisation).
 
         Args:
-            images: array (N, H, W, C) (or (N, H, W) for one channel), floats
-                in [0, 1], of the training shape.
+            images: array (N, H, W, C) (or (N, H, W) for one channel) of the
+                training shape: floats in [0, 1], or uint8 (0..255) or uint16
+                (0..65535) images, sent to the device as they are (a quarter
+                of the bytes of floats for uint8) and scaled to [0, 1] there.
             batch_size: int. Images per forward pass.
             verbose: int. 1 shows a progress bar.
 
@@ -320,14 +323,20 @@ class Congealer(keras.Model):
         self._check_images_shape((None,) + images.shape[1:] if images.ndim == 4 else images.shape)
         if len(images) == 0:
             raise ValueError("`images` is empty: expected at least one image.")
+        value_range_of(images.dtype)  # raises for other dtypes
+        floats = images.dtype.kind == "f"
         aligned, transforms = [], []
         progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
         align_batch = self._align_function()
         pending = None  # the previous batch's results, still on the device
         for start in range(0, len(images), batch_size):
-            batch = np.asarray(images[start:start + batch_size], dtype="float32")
-            if not np.all(np.isfinite(batch)):
-                raise ValueError(f"`images` contains NaN or infinite values (batch at {start}).")
+            batch = images[start:start + batch_size]
+            if floats:
+                batch = batch.astype("float32", copy=False)
+                if not np.all(np.isfinite(batch)):
+                    raise ValueError(
+                        f"`images` contains NaN or infinite values (batch at {start})."
+                    )
             count = len(batch)
             if count < batch_size and start:  # the shape the function was compiled for
                 batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
@@ -351,7 +360,8 @@ class Congealer(keras.Model):
 
     def _align_batch(self, batch):
         """Aligned images and float32 pixel `src_from_dst` matrices of a batch."""
-        return self._warp_with(ops.convert_to_tensor(batch), self.aligner(batch))
+        batch = _unit_floats(ops.convert_to_tensor(batch))
+        return self._warp_with(batch, self.aligner(batch))
 
     def _warp_with(self, batch, params):
         size = self.image_shape[:2]
@@ -373,6 +383,7 @@ class Congealer(keras.Model):
             def pure(trainable, non_trainable, batch):
                 # The aligner's weights as arguments: the compiled function
                 # does not freeze them.
+                batch = _unit_floats(batch)
                 params, _ = aligner.stateless_call(trainable, non_trainable, batch)
                 return self._warp_with(batch, params)
 
@@ -421,3 +432,12 @@ class Congealer(keras.Model):
             autoencoder = keras.saving.deserialize_keras_object(autoencoder)
         reference = np.zeros(config.pop("reference_shape"), "float32")
         return cls(aligner, autoencoder, reference, **config)
+
+
+def _unit_floats(batch):
+    """A batch tensor as float32 in [0, 1]: integer images (uint8, uint16)
+    divided by their white value on the device, floats cast."""
+    dtype = keras.backend.standardize_dtype(batch.dtype)
+    if dtype.startswith("float"):
+        return ops.cast(batch, "float32")
+    return ops.cast(batch, "float32") / value_range_of(dtype)

@@ -157,6 +157,27 @@ def test_align_transforms_reproduce_aligned_images():
         np.testing.assert_allclose(result["aligned"][i, ..., 0][inside], theirs[inside], atol=1e-4)
 
 
+def test_align_takes_integer_images_as_their_unit_floats():
+    # uint8/uint16 images are scaled on the device: the same result as the
+    # caller's own division, a padded last batch included.
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(5, 16, 16, 1)).astype("uint8")
+    model = small_congealer(images[0] / 255.0, transform="affine")
+    model(images.astype("float32") / 255.0)
+    for fusion in model.aligner.fusions:
+        kernel = fusion.regressor.kernel
+        kernel.assign(rng.normal(size=kernel.shape).astype("float32") * 0.02)
+    expected = model.align(images.astype("float32") / np.float32(255.0), batch_size=2)
+    assert not np.allclose(expected["transforms"], np.eye(3))
+    for dtype, white in (("uint8", 1), ("uint16", 257)):  # 255 * 257 = 65535
+        result = model.align(images.astype(dtype) * np.array(white, dtype), batch_size=2)
+        assert result["aligned"].dtype == np.float32
+        np.testing.assert_allclose(result["aligned"], expected["aligned"], atol=1e-6)
+        np.testing.assert_allclose(result["transforms"], expected["transforms"], atol=1e-6)
+    with pytest.raises(ValueError, match="Unsupported image dtype int8"):
+        model.align(images.astype("int8"))
+
+
 def test_pixel_transforms_at_another_resolution():
     images = np.zeros((1, 16, 16, 1), "float32")
     model = small_congealer(images[0], transform="affine")
