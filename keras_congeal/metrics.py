@@ -92,7 +92,23 @@ class ImageStats:
             )
         mean, m2 = _mean_and_m2(batch)
         scale = 255.0 / self.data_range
-        mean, m2 = mean * scale, m2 * scale**2
+        return self._add(n, mean * scale, m2 * scale**2)
+
+    def merge(self, other):
+        """Adds the images that `other` (an `ImageStats`) has seen: the
+        statistics of both sets together, whatever their data ranges."""
+        if other.count == 0:
+            return self
+        if self._mean is not None and other._mean.shape != self._mean.shape:
+            raise ValueError(
+                f"Image shape {other._mean.shape} differs from earlier images "
+                f"{self._mean.shape}."
+            )
+        return self._add(other.count, other._mean, other._m2)
+
+    def _add(self, n, mean, m2):
+        """Merges `n` images of mean `mean` and sum of squared deviations
+        `m2` (0..255 scale) into the running statistics."""
         if self._mean is None:
             self.count, self._mean, self._m2 = n, mean, m2
             return self
@@ -230,6 +246,16 @@ class AlignmentMeter:
         self._ink_out += float(np.sum(aligned, dtype="float64"))
         size = np.asarray(aligned).shape[1:3]
         self._scales.append(content_scale(transforms, size))
+        return self
+
+    def merge(self, other):
+        """Adds what `other` (an `AlignmentMeter`) has measured: meters
+        filled side by side (threads, processes) give one summary."""
+        self.before.merge(other.before)
+        self.after.merge(other.after)
+        self._ink_in += other._ink_in
+        self._ink_out += other._ink_out
+        self._scales += other._scales
         return self
 
     def summary(self):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_congeal.metrics import ImageStats, apsnr, content_scale, ink_kept
+from keras_congeal.metrics import AlignmentMeter, ImageStats, apsnr, content_scale, ink_kept
 
 
 def test_apsnr_two_pixels_by_hand():
@@ -26,6 +26,11 @@ def test_apsnr_small_set_by_hand():
     assert stats.mse() == pytest.approx(1200.0, abs=1e-9)
     np.testing.assert_allclose(stats.mean[0], [40.0, 30.0])
     np.testing.assert_allclose(stats.variance[0], [600.0, 1800.0])
+    # Two meters of parts merged, whatever their data ranges: the same.
+    merged = ImageStats(1.0).update(images[2:] / 255.0).merge(ImageStats(255.0).update(images[:2]))
+    assert merged.count == 3 and merged.mse() == pytest.approx(1200.0, abs=1e-9)
+    np.testing.assert_allclose(merged.mean[0], np.array([40.0, 30.0]) / 255.0)
+    assert ImageStats().merge(ImageStats()).count == 0
 
 
 def test_apsnr_of_identical_images_is_infinite():
@@ -39,6 +44,8 @@ def test_image_stats_errors():
         ImageStats().mse()
     with pytest.raises(ValueError, match="differs from earlier images"):
         ImageStats().update(np.zeros((1, 2, 2))).update(np.zeros((1, 3, 3)))
+    with pytest.raises(ValueError, match="differs from earlier images"):
+        ImageStats().update(np.zeros((1, 2, 2))).merge(ImageStats().update(np.zeros((1, 3, 3))))
 
 
 def test_content_scale_and_ink_by_hand():
@@ -64,3 +71,22 @@ def test_image_stats_of_float32_match_float64():
     np.testing.assert_allclose(fast.variance, exact.variance, rtol=1e-6, atol=1e-12)
     assert fast.variance[0, 0, 0] == 0.0
     assert fast.apsnr() == pytest.approx(exact.apsnr(), abs=1e-5)
+
+
+def test_alignment_meters_merged_equal_one_meter():
+    # Meters filled side by side (million's measuring threads) and merged
+    # summarise as one meter fed everything.
+    rng = np.random.default_rng(1)
+    inputs = rng.uniform(size=(50, 6, 6, 1))
+    aligned = rng.uniform(size=(50, 6, 6, 1)) * 0.8
+    transforms = np.tile(np.diag([1.25, 1.25, 1.0]), (50, 1, 1))
+    transforms[::2] = np.diag([2.0, 2.0, 1.0])
+    whole = AlignmentMeter().update(inputs, aligned, transforms).summary()
+    parts = [AlignmentMeter().update(inputs[s], aligned[s], transforms[s])
+             for s in (slice(0, 20), slice(20, 45), slice(45, 50))]
+    merged = parts[0].merge(parts[1]).merge(parts[2]).summary()
+    assert merged.keys() == whole.keys()
+    for key, value in whole.items():
+        assert merged[key] == pytest.approx(value, rel=1e-12), key
+    assert whole["images"] == 50
+    assert whole["ink_kept"] == pytest.approx(aligned.sum() / inputs.sum(), rel=1e-12)
