@@ -54,9 +54,9 @@ except ImportError:  # run as a script: python benchmarks/million.py
 
 SCHEMA = "keras_congeal.million/2"
 PROTOCOLS = ("infimnist", "affnist", "perspective")
-BLOCK = 16384  # images generated (and aligned) per step: bounds the memory
+BLOCK = 16384  # images generated per step: bounds the memory
 GENERATION_CHUNK = 256  # images perturbed at once in a worker (~30 MB of temporaries)
-METER_CHUNK = 4096  # images added to the running statistics at once (float64 copies)
+METER_CHUNK = 4096  # images added to the running statistics at once (float copies)
 # The generation workers compute with NumPy on one thread each: the Keras numpy
 # backend imports no TensorFlow (about 130 MB per process instead of 500), and
 # the processes, not threads, use the cores.
@@ -542,53 +542,80 @@ def _step_counter(limit=None):
     return StepCounter()
 
 
-def align_streamed(model, images, align_batch_size, log):
-    """Aligns `images` BLOCK by BLOCK into an `AlignmentMeter`, as a pipeline:
-    a thread reads (and converts to floats) the next block and another
-    measures the last one while the model aligns this one (NumPy releases
-    the GIL; at most three blocks are in memory). Returns the meter and the
+def align_streamed(model, images, align_batch_size, log, measure_threads=None):
+    """Aligns `images` (uint8) block by block into an `AlignmentMeter`, as a
+    pipeline: a thread reads the next block while the model aligns this one
+    (the uint8 images go to the device, which scales them) and
+    `measure_threads` threads (default: a quarter of the cores, 1 to 4) each
+    measure a finished block into a meter of their own, merged at the end
+    (NumPy releases the GIL). A block is `align_batch_size` images; at most
+    `measure_threads + 2` blocks are in memory. Returns the meter and the
     seconds of each stage (`read`, `align`, `measure`: each its own busy
-    time, overlapping the others')."""
+    time, summed over its threads, overlapping the others') and
+    `measure_threads`."""
+    import collections
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     from keras_congeal.datasets import as_float_images
     from keras_congeal.metrics import AlignmentMeter
 
-    meter = AlignmentMeter(data_range=1.0)
+    if measure_threads is None:
+        measure_threads = max(1, min(4, (os.cpu_count() or 1) // 4))
+    meters = queue.SimpleQueue()  # one per measuring thread, taken while it measures
+    all_meters = [AlignmentMeter(data_range=1.0) for _ in range(measure_threads)]
+    for meter in all_meters:
+        meters.put(meter)
     seconds = {"read": 0.0, "align": 0.0, "measure": 0.0}
+    lock = threading.Lock()
 
     def timed(stage, fn, *args):
         start = time.perf_counter()
         out = fn(*args)
-        seconds[stage] += time.perf_counter() - start
+        with lock:
+            seconds[stage] += time.perf_counter() - start
         return out
 
     def read(first):
-        return as_float_images(images[first : first + BLOCK], 255.0)
+        return np.asarray(images[first : first + align_batch_size])
 
     def measure(batch, result):
-        for at in range(0, len(batch), METER_CHUNK):
-            part = slice(at, at + METER_CHUNK)
-            meter.update(batch[part], result["aligned"][part], result["transforms"][part])
+        meter = meters.get()
+        try:
+            for at in range(0, len(batch), METER_CHUNK):
+                part = slice(at, at + METER_CHUNK)
+                meter.update(
+                    as_float_images(batch[part], 255.0),
+                    result["aligned"][part],
+                    result["transforms"][part],
+                )
+        finally:
+            meters.put(meter)
 
-    starts = range(0, len(images), BLOCK)
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as measurer:
+    starts = range(0, len(images), align_batch_size)
+    measuring = collections.deque()
+    with (
+        ThreadPoolExecutor(1) as reader,
+        ThreadPoolExecutor(measure_threads) as measurers,
+    ):
         next_block = reader.submit(timed, "read", read, starts[0])
-        measured = None
         for i, first in enumerate(starts):
             batch = next_block.result()
             if i + 1 < len(starts):
                 next_block = reader.submit(timed, "read", read, starts[i + 1])
             result = timed("align", model.align, batch, align_batch_size)
-            if measured is not None:
-                measured.result()  # one block waiting to be measured at most
-            measured = measurer.submit(timed, "measure", measure, batch, result)
+            while len(measuring) >= measure_threads:  # bounds the blocks in memory
+                measuring.popleft().result()
+            measuring.append(measurers.submit(timed, "measure", measure, batch, result))
             del batch, result
-            if i % 10 == 0:
-                log(f"aligned {min(first + BLOCK, len(images))}/{len(images)} images")
-        if measured is not None:
-            measured.result()
-    return meter, seconds
+            if i % 20 == 0:
+                log(f"aligned {min(first + align_batch_size, len(images))}/{len(images)} images")
+        for future in measuring:
+            future.result()
+    meter = all_meters[0]
+    for other in all_meters[1:]:
+        meter.merge(other)
+    return meter, {**seconds, "measure_threads": measure_threads}
 
 
 def main(argv=None) -> int:
@@ -737,6 +764,7 @@ def main(argv=None) -> int:
         "align_read_seconds": align_stages["read"],
         "align_model_seconds": align_stages["align"],
         "align_metrics_seconds": align_stages["measure"],
+        "align_measure_threads": align_stages["measure_threads"],
         "train_plus_align_seconds": train_seconds + align_seconds,
         "workers": args.workers,
         "memory": memory_report,

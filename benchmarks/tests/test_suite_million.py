@@ -206,3 +206,32 @@ def test_step_counter_stops_after_the_limit_and_keeps_steps_asynchronous():
         counter.on_train_batch_begin(step)
     assert counter.steps == 3 and counter.model.stop_training  # after the third step
     assert counter.second_step_began is not None
+
+
+@pytest.mark.parametrize("measure_threads", [1, 3])
+def test_align_streamed_measures_every_image_once(measure_threads):
+    # A stand-in model whose alignment is known: the pipeline's merged meters
+    # equal one meter fed every block in order (a last, shorter block too).
+    from keras_congeal.metrics import AlignmentMeter
+
+    class HalvingModel:
+        def align(self, images, batch_size):
+            assert images.dtype == np.uint8 and len(images) <= batch_size
+            floats = images[..., None].astype("float32") / 255.0
+            scales = 1.0 + np.arange(len(images))[:, None, None] % 3
+            return {"aligned": floats * 0.5, "transforms": np.eye(3) * scales}
+
+    images = np.random.default_rng(0).integers(0, 256, size=(70, 5, 4), dtype=np.uint8)
+    meter, seconds = million.align_streamed(
+        HalvingModel(), images, 16, log=lambda message: None, measure_threads=measure_threads
+    )
+    expected = AlignmentMeter()
+    for first in range(0, 70, 16):
+        block = images[first : first + 16]
+        result = HalvingModel().align(block, 16)
+        expected.update(block[..., None] / 255.0, result["aligned"], result["transforms"])
+    summary, want = meter.summary(), expected.summary()
+    assert summary["images"] == 70 and summary["ink_kept"] == pytest.approx(0.5, rel=1e-6)
+    for key, value in want.items():
+        assert summary[key] == pytest.approx(value, rel=1e-6), key
+    assert seconds["measure_threads"] == measure_threads and seconds["align"] > 0
