@@ -9,6 +9,10 @@
 #             device-resident input path ("device"), FLOPs per image and the fraction of the
 #             measured matrix-product rate (benchmarks.bench_training --flops);
 #   bf16      the same for D+C in mixed_bfloat16, batch 4096;
+#   convs     each convolution shape of the mnist model, forward and backward, as
+#             Keras runs it (NHWC), in NCHW and as patches times a matrix
+#             (benchmarks.bench_convs), float32 and bfloat16, batch 4096 (only the
+#             shapes whose names contain one of $CONV_SHAPES, when set);
 #   million   benchmarks.million --n 1000000 --epochs 1 (generation on every core,
 #             training, alignment, per-phase host memory);
 #   affnist   benchmarks.million --protocol affnist --n 100000 --epochs 2 (Figure 7);
@@ -99,6 +103,12 @@ phase_profile() {
     "$PROFILE_BATCH" --steps 10 --output "$work/profile_dc.json"
   step profile_d 90 "$PY" -m benchmarks.profile_step --objective D --batch-size \
     "$PROFILE_BATCH" --steps 10 --output "$work/profile_d.json"
+}
+
+phase_convs() {
+  step convs 150 "$PY" -m benchmarks.bench_convs --batch-size "$PROFILE_BATCH" \
+    --steps "$STEPS" --warmup "$WARMUP" ${CONV_SHAPES:+--shapes $CONV_SHAPES} \
+    --output "$work/convs.json"
 }
 
 phase_bench() { bench bench_dc_fp32 200 D+C float32 "$BATCHES"; }
