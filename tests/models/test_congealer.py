@@ -172,8 +172,11 @@ def test_align_takes_integer_images_as_their_unit_floats():
     for dtype, white in (("uint8", 1), ("uint16", 257)):  # 255 * 257 = 65535
         result = model.align(images.astype(dtype) * np.array(white, dtype), batch_size=2)
         assert result["aligned"].dtype == np.float32
-        np.testing.assert_allclose(result["aligned"], expected["aligned"], atol=1e-6)
-        np.testing.assert_allclose(result["transforms"], expected["transforms"], atol=1e-6)
+        # XLA may fuse the scaling into the warp and round differently: a few
+        # ulps (1e-6 was exceeded once by 7e-8 on JAX); a wrong white value
+        # would differ by orders of magnitude more.
+        np.testing.assert_allclose(result["aligned"], expected["aligned"], atol=1e-5)
+        np.testing.assert_allclose(result["transforms"], expected["transforms"], atol=1e-5)
     with pytest.raises(ValueError, match="Unsupported image dtype int8"):
         model.align(images.astype("int8"))
 
