@@ -75,15 +75,28 @@ def package_versions(names=PACKAGES):
     return versions
 
 
-def _git_commit():
+def _git(*args):
+    """`git -C REPO ARGS...`'s output, stripped; None without git or a repository."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True,
             timeout=10, check=False,
         )
-        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit():
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_tree_modified():
+    """Whether tracked files differ from the commit (a copied working tree,
+    e.g. on the device machine, runs code the commit does not hold); None
+    without git."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def _cpu_model():
@@ -176,6 +189,7 @@ def run_record(argv=None, with_keras=True, note=None, module=None):
         "command": " ".join(shlex.quote(a) for a in ["python", *entry, *argv]),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
+        "git_tree_modified": _git_tree_modified(),
         "machine": machine_info(),
         "versions": package_versions(),
         "environment": {

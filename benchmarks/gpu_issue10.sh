@@ -58,7 +58,7 @@ else
 fi
 t0=$(date +%s)
 summary="$work/summary.txt"
-{ echo "gpu_issue10.sh $* at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u)";
+{ echo "gpu_issue10.sh $* at $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u)";
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
   echo "$(nproc) cores"
   "$PY" -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"

@@ -69,6 +69,29 @@ def test_run_record_carries_no_absolute_paths(tmp_path, monkeypatch):
     assert str(tmp_path) not in json.dumps(record)
 
 
+def test_run_record_says_when_the_tracked_tree_differs_from_the_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import common
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    (tmp_path / "untracked.txt").write_text("ignored by the flag")
+    clean = common.run_record([], with_keras=False)
+    assert clean["git_tree_modified"] is False and len(clean["git_commit"]) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.run_record([], with_keras=False)["git_tree_modified"] is True
+    monkeypatch.setattr(common, "REPO", tmp_path / "not-a-repository")
+    record = common.run_record([], with_keras=False)
+    assert record["git_commit"] is None and record["git_tree_modified"] is None
+
+
 def test_bench_training_device_loop_and_flops(tmp_path):
     import keras
 
