@@ -16,6 +16,16 @@ def shared_data_dir():
     return path if path.is_dir() else None
 
 
+def in_the_pass_of(backend):
+    """Marks a test whose processes choose their own Keras backend: the suite
+    runs once per backend (`make test`), and such a test runs once, in the
+    pass of `backend`, instead of the same processes twice."""
+    return pytest.mark.skipif(
+        keras.backend.backend() != backend,
+        reason=f"starts its own processes with fixed backends: runs in the {backend} pass",
+    )
+
+
 @pytest.fixture
 def data_dir():
     path = shared_data_dir()

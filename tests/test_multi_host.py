@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from keras_congeal.datasets import ImageBatches
-from tests.conftest import REPO
+from tests.conftest import REPO, in_the_pass_of
+
+# Every test here starts its own processes (JAX, or TensorFlow for the error).
+pytestmark = in_the_pass_of("jax")
 
 # argv: role ("single" or the process id), port, output .npz.
 _TRAIN = r"""

@@ -12,7 +12,7 @@ from keras_congeal.layers import DeSTNet, PenalisedAutoencoder
 from keras_congeal.metrics import apsnr, content_scale
 from keras_congeal.models import Congealer
 from keras_congeal.ops import filters
-from tests.conftest import REPO
+from tests.conftest import REPO, in_the_pass_of
 
 
 def blobs(n=64, size=16, max_shift=2.5, seed=0):
@@ -255,6 +255,7 @@ np.save(sys.argv[3], model.align(images)["aligned"])
 
 
 @pytest.mark.slow
+@in_the_pass_of("tensorflow")
 def test_model_trained_on_jax_reloads_on_tensorflow(tmp_path):
     pytest.importorskip("jax")
     pytest.importorskip("tensorflow")
