@@ -16,15 +16,17 @@ kernel, as in training) of the same convolution computed three ways:
   the input's shifted slices times the kernel's scalars (elementwise, fused by
   XLA; the other shapes are skipped).
 
-JAX only. Prints a table and writes JSON (`--output`):
+JAX only. Prints a table and writes JSON (`--output`).
+
+Usage:
 
     KERAS_BACKEND=jax python -m benchmarks.bench_convs --batch-size 4096 --output convs.json
 """
 
-import argparse
-import json
 import sys
 import time
+
+from benchmarks import common
 
 # (name, input (H, W, C), kernel size, filters, strides, padding): the mnist
 # preset's convolutions (Table 1), per image; the decoder's sub-pixel
@@ -99,7 +101,7 @@ def time_step(jax, fn, args, steps, warmup):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.script_parser("benchmarks.bench_convs", __doc__)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=20)
@@ -166,14 +168,14 @@ def main(argv=None):
                 print(f"| {name} | {dtype} | {impl} | {shown} | {error} |", flush=True)
     result = {
         "schema": "keras_congeal.bench_convs/1",
+        "run": common.run_record(argv, module="benchmarks.bench_convs"),
         "batch_size": args.batch_size,
         "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__,
         "rows": rows,
     }
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        common.write_json_atomic(args.output, result)
     return 0
 
 

@@ -92,6 +92,34 @@ def test_run_record_says_when_the_tracked_tree_differs_from_the_commit(tmp_path,
     assert record["git_commit"] is None and record["git_tree_modified"] is None
 
 
+def test_bench_convs_variants_agree_with_the_convolution(tmp_path):
+    # Every variant of a shape computes the same gradients as Keras' NHWC
+    # convolution (float32: to rounding); shifted only where it applies.
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("bench_convs times JAX functions")
+    from benchmarks import bench_convs
+
+    path = tmp_path / "convs.json"
+    assert bench_convs.main(["--batch-size", "3", "--steps", "1", "--warmup", "1",
+                             "--dtypes", "float32", "--shapes", "aligner conv0", "up1",
+                             "--output", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["run"]["command"].startswith("python -m benchmarks.bench_convs")
+    rows = {(r["shape"], r["implementation"]): r for r in data["rows"]}
+    assert set(rows) == {
+        ("aligner conv0 7x7 1->4", "conv"), ("aligner conv0 7x7 1->4", "conv_nchw"),
+        ("aligner conv0 7x7 1->4", "patches"), ("aligner conv0 7x7 1->4", "shifted"),
+        ("decoder up1 2x2 100->400", "conv"), ("decoder up1 2x2 100->400", "conv_nchw"),
+        ("decoder up1 2x2 100->400", "patches"),
+    }
+    for (_, implementation), row in rows.items():
+        assert row["ms"] > 0
+        if implementation != "conv":
+            assert row["relative_error_vs_conv"] < 1e-4, row
+
+
 def test_bench_training_device_loop_and_flops(tmp_path):
     import keras
 
