@@ -433,7 +433,8 @@ def read_congeal_config(config):
     through `CongealSettings.from_dict`, which gives the settings added to
     `CongealSettings` since the file was written their defaults (a file
     written before `precision` existed resumes with `precision="float32"`,
-    and only with it)."""
+    and only with it; one written before `learning_rate_schedule` with
+    `"constant"`, the rate it trained with)."""
     settings = config.get("congeal_settings")
     if not isinstance(settings, dict):
         return config

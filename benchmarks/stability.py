@@ -10,11 +10,12 @@ per-epoch history, the number of loss spikes (epochs whose mean loss exceeds
 `--spike-ratio` times the lowest epoch mean before it), whether the guard
 stopped it, and APSNR, ink kept and median content scale of the whole set.
 
-Optimizers (`--optimizers`): `adam` (the default, Adam(1e-3)), `adam-beta2-0.99`
+Optimizers (`--optimizers`): `adam` (Adam(1e-3), constant: the default until
+`CongealSettings.learning_rate_schedule` became `"cosine"`), `adam-beta2-0.99`
 (a second-moment average that forgets faster: a gradient after a calm stretch
 moves a weight by about one learning rate instead of three), `amsgrad` (the
 second moment never decreases), `adam-cosine` (the learning rate decays along a
-cosine to a tenth by the last step).
+cosine to a tenth by the last step: today's default).
 
 Each (digit, sigma, optimizer) is one JSON file in `--output-dir`, written
 atomically when its run ends; files already there are skipped, so processes
@@ -83,7 +84,10 @@ def run_one(digit, sigma, optimizer, args, originals):
     perturbed, _ = perspective_perturbation(originals, sigma, seed=cell_seed(args.seed, digit,
                                                                               sigma))
     x = perturbed.astype("float32") / 255.0
-    settings = CongealSettings() if args.epochs is None else CongealSettings(epochs=args.epochs)
+    # The optimizer below is the run's whole optimisation: no schedule added.
+    settings = CongealSettings(learning_rate_schedule="constant")
+    if args.epochs is not None:
+        settings = settings.replace(epochs=args.epochs)
     steps = settings.epochs_for(len(x)) * -(-len(x) // settings.batch_size)
     keras.utils.set_random_seed(settings.seed)
     reference, _ = choose_reference(x[..., None], settings.reference, data_range=1.0,

@@ -15,6 +15,11 @@ DISTORTION_TARGETS = ("reference", "batch-mean")
 # Numeric precision of training: float32, or bfloat16 compute with float32
 # variables, geometry and losses (`keras.mixed_precision`).
 PRECISIONS = ("float32", "mixed_bfloat16")
+# The learning rate over a run: constant, or a cosine decay to a tenth of it
+# by the last step (`keras.optimizers.schedules.CosineDecay`).
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+# The final learning rate of "cosine", as a fraction of the initial one.
+COSINE_FINAL_FRACTION = 0.1
 # The settings whose value is one of a few names, and those names: one table
 # for `CongealSettings`' validation and the command line's choices.
 SETTING_CHOICES = {
@@ -22,6 +27,7 @@ SETTING_CHOICES = {
     "fusion": FUSIONS,
     "objective": OBJECTIVES,
     "precision": PRECISIONS,
+    "learning_rate_schedule": LEARNING_RATE_SCHEDULES,
     "distortion_features": DISTORTION_FEATURES,
     "distortion_target": DISTORTION_TARGETS,
 }

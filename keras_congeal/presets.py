@@ -54,6 +54,8 @@ PRESETS = {
             "transform": "similarity",
             "objective": "D",
             "learning_rate": 3e-4,
+            # Measured with a constant rate (face runs are short: ~500 steps).
+            "learning_rate_schedule": "constant",
             "ink_weight": 0.0,
             "distortion_features": "local-contrast",
             "distortion_target": "batch-mean",

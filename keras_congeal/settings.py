@@ -27,6 +27,12 @@ class CongealSettings:
         reference: `"medoid"`, `"mean"`, an image index, or a path to an
             image file (resolved by the caller).
         epochs, batch_size, learning_rate: the optimisation (Adam).
+        learning_rate_schedule: `"cosine"`: the learning rate decays along a
+            cosine to a tenth of `learning_rate` by the run's last step
+            (counted by the optimizer's `iterations`, so a run resumed from
+            a backup continues the decay); `"constant"`: it stays. On long
+            runs a constant rate makes Adam's loss spike and can collapse
+            the alignment (`benchmarks/results/stability_gpu.md`).
         lam: `lambda` of Eq. (8); gamma, k: the positional penalty;
         code_size: `|z|` (`None`: the preset's).
         ink_weight: weight of the ink-preservation penalty (0 = the paper's
@@ -72,6 +78,7 @@ class CongealSettings:
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 1e-3
+    learning_rate_schedule: str = "cosine"
     lam: float = 1.0
     gamma: float = 1.0
     k: int = 1
@@ -131,11 +138,20 @@ class CongealSettings:
 
     @classmethod
     def from_dict(cls, config):
+        """Settings from `to_dict`'s output. A setting missing from `config`
+        (written before it existed) takes the value that older runs used
+        where it differs from today's default (`_BEFORE_ITS_FIELD`), else
+        the default."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"Unknown settings {unknown}; expected some of {sorted(known)}.")
-        return cls(**config)
+        return cls(**{**_BEFORE_ITS_FIELD, **config})
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+# Settings added with a default other than what runs did before them: the
+# value a settings file without the field was trained with.
+_BEFORE_ITS_FIELD = {"learning_rate_schedule": "constant"}

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from keras_congeal.callbacks import AlignmentMonitor
+from keras_congeal.constants import COSINE_FINAL_FRACTION
 from keras_congeal.datasets import (
     DeviceImageBatches,
     ImageBatches,
@@ -49,6 +50,7 @@ __all__ = [
     "is_main_process",
     "local_devices",
     "process_index_and_count",
+    "schedule_learning_rate",
 ]
 
 # Epochs measured by the `AlignmentMonitor` of `fit_congealer`, at most.
@@ -313,6 +315,7 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         batches = batches_class(images, settings.batch_size, shuffle=True, seed=settings.seed,
                                 multiple_of=replicas if keras.backend.backend() == "jax" else 1,
                                 process=process, wrap_last=True)
+        schedule_learning_rate(model.optimizer, settings, steps=epochs * len(batches))
         history = model.fit(batches, epochs=epochs,
                             initial_epoch=initial_epoch,
                             callbacks=callbacks, verbose=verbose)
@@ -322,6 +325,26 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
         # on one host.
         model.set_weights(model.get_weights())
     return model, history
+
+
+def schedule_learning_rate(optimizer, settings, steps):
+    """Gives `optimizer` the learning-rate schedule of `settings` for a run
+    of `steps` steps (`settings.learning_rate_schedule`).
+
+    `"cosine"` replaces a constant rate by a cosine decay from it to
+    `COSINE_FINAL_FRACTION` of it at `steps`, counted by the optimizer's
+    `iterations` (restored with the optimizer by `BackupAndRestore`, so a
+    resumed run continues the decay); an optimizer that already follows a
+    schedule keeps it. `"constant"` leaves the optimizer as it is.
+    """
+    if settings.learning_rate_schedule == "constant":
+        return
+    initial = optimizer.get_config()["learning_rate"]
+    if not isinstance(initial, float):  # a schedule, serialized: the caller's
+        return
+    optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(
+        initial, decay_steps=max(1, steps), alpha=COSINE_FINAL_FRACTION
+    )
 
 
 def _use_device_data(images, device_data):

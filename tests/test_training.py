@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_congeal.datasets import ImageBatches, as_float_images, value_range_of
-from keras_congeal.training import CongealSettings, fit_congealer
+from keras_congeal.training import CongealSettings, fit_congealer, schedule_learning_rate
 from tests.conftest import REPO
 
 
@@ -25,6 +25,39 @@ def test_settings_validate_and_round_trip():
         CongealSettings(distortion_target="median")
     with pytest.raises(ValueError, match="Unknown settings"):
         CongealSettings.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="Invalid learning_rate_schedule='step'"):
+        CongealSettings(learning_rate_schedule="step")
+
+
+def test_settings_files_from_before_the_schedule_read_as_constant():
+    # Runs written before the field existed trained at a constant rate.
+    old = CongealSettings().to_dict()
+    del old["learning_rate_schedule"]
+    assert CongealSettings.from_dict(old).learning_rate_schedule == "constant"
+    assert CongealSettings().learning_rate_schedule == "cosine"
+    assert CongealSettings.for_preset("lfw").learning_rate_schedule == "constant"
+
+
+def _learning_rate(optimizer):
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def test_cosine_schedule_decays_to_a_tenth_by_the_last_step():
+    optimizer = keras.optimizers.Adam(2e-3)
+    optimizer.build([keras.Variable(np.zeros(2, "float32"))])
+    schedule_learning_rate(optimizer, CongealSettings(), steps=40)
+    for step in (0, 10, 20, 30, 40, 55):
+        optimizer.iterations.assign(step)
+        # Hand computation: 0.1 + 0.9 * (1 + cos(pi * t)) / 2, t = min(step / 40, 1).
+        t = min(step / 40, 1.0)
+        expected = 2e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t)))
+        np.testing.assert_allclose(_learning_rate(optimizer), expected, rtol=1e-5)
+    # A schedule already there is the caller's, and "constant" changes nothing.
+    schedule_learning_rate(optimizer, CongealSettings(), steps=4)
+    np.testing.assert_allclose(_learning_rate(optimizer), 2e-4, rtol=1e-5)
+    constant = keras.optimizers.Adam(2e-3)
+    schedule_learning_rate(constant, CongealSettings(learning_rate_schedule="constant"), 40)
+    assert constant.get_config()["learning_rate"] == pytest.approx(2e-3)
 
 
 def test_image_batches_read_lazily_and_convert():
@@ -89,6 +122,10 @@ def test_fit_congealer_resumes_with_backup_and_restore(tmp_path):
     resumed, history = fit(2)
     assert len(history.history["loss"]) == 1  # epoch 2 only
     assert history.epoch == [1]
+    # The optimizer's steps came back with the backup: the cosine over the
+    # 2 x 3 steps of the run ends at a tenth, as in one uninterrupted run.
+    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 6
+    np.testing.assert_allclose(_learning_rate(resumed.optimizer), 1e-4, rtol=1e-5)
 
 
 _MIRRORED = """

@@ -94,11 +94,13 @@ def summary_lines(report, output):
              f"{report['dtype']} -> {output}"]
     settings = report.get("settings")
     if settings is not None:
+        decay = settings.get("learning_rate_schedule") == "cosine"
         lines.append(
             f"  model      {report['preset']} preset, {settings['transform']}, "
             f"{settings['objective']}, {_plural(report['epochs'], 'epoch')}, "
             f"batch {settings['batch_size']}, "
-            f"learning rate {settings['learning_rate']:g}, lambda {settings['lam']:g}, "
+            f"learning rate {settings['learning_rate']:g}{' (cosine to a tenth)' if decay else ''}"
+            f", lambda {settings['lam']:g}, "
             f"ink weight {settings['ink_weight']:g}, seed {settings['seed']}"
         )
         if settings.get("distortion_features", "pixels") != "pixels" or \

@@ -16,6 +16,7 @@ SETTING_FLAGS = {
     "epochs": "--epochs",
     "batch_size": "--batch-size",
     "learning_rate": "--learning-rate",
+    "learning_rate_schedule": "--learning-rate-schedule",
     "lam": "--lambda",
     "gamma": "--gamma",
     "k": "--k",
@@ -76,6 +77,9 @@ def add_setting_arguments(parser):
         "epochs": ({"type": int, "metavar": "N"}, "training epochs", None),
         "batch_size": ({"type": int, "metavar": "N"}, "images per training step", None),
         "learning_rate": ({"type": float, "metavar": "LR"}, "Adam's learning rate", None),
+        "learning_rate_schedule": ({"choices": list(SETTING_CHOICES["learning_rate_schedule"])},
+                                   "cosine: decays to a tenth by the last step (steadier on "
+                                   "long runs); constant", None),
         "lam": ({"type": float, "metavar": "LAMBDA", "dest": "lam"},
                 "weight of the complexity term (lambda of Eq. 8)", None),
         "gamma": ({"type": float}, "strength of the positional penalty on the code", None),
