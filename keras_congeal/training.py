@@ -252,7 +252,10 @@ def fit_congealer(images, settings=None, monitor_size=512, callbacks=(), verbose
             NumPy array, a memory map or an h5py dataset (read batch by batch).
         settings: `CongealSettings`. Defaults to `CongealSettings()` (the
             digit defaults; `CongealSettings.for_preset("lfw")` for faces).
-            Trains `settings.epochs_for(len(images))` epochs.
+            Trains `settings.epochs_for(len(images))` epochs, with the
+            learning rate of `settings.learning_rate_schedule` over all of
+            their steps (`schedule_learning_rate`, also on a `model` passed
+            in whose optimizer has a constant rate).
         monitor_size: int. Images of a fixed random sample whose APSNR, ink
             kept and content scale are logged every epoch (0: none, and no
             collapse guard: see `settings.collapse_ink`).
