@@ -24,7 +24,8 @@
 #             default "input,oracle,kc-D+C;kc-D,kc-C": every cell's D+C first; LSC runs
 #             on a CPU), one process per digit side by side, resumed
 #             from and saved to $PROTOCOL_DIR/digit<d> (default ./.gpu/full), until the
-#             budget ends (each finished entry is kept); merge the shards afterwards with
+#             budget ends (each finished entry is kept; $PROTOCOL_FLAGS, e.g.
+#             "--learning-rate-schedule constant", go to every process); merge the shards afterwards with
 #             `python -m benchmarks.mnist_protocols --full --merge ...`;
 #   rasl      RASL (rasl-euclidean) of the quick protocol (N = 1000) on the machine's CPU
 #             cores, one process per digit of $RASL_DIGITS (default: all but 3 and 8, whose
@@ -146,7 +147,7 @@ phase_protocol() {  # one process per digit and pass until the budget ends
     timeout "$rest" bash -c 'IFS=";"; for methods in $1; do IFS=" "
       "$2" -m benchmarks.mnist_protocols --full --n "$3" $4 --digits "$5" \
         --methods ${methods//,/ } --resume --output-dir "$6"; done' _ "$PROTOCOL_PASSES" \
-      "$PY" "$FULL_N" "$FULL_EPOCHS" "$d" "$PROTOCOL_DIR/digit$d" \
+      "$PY" "$FULL_N" "$FULL_EPOCHS ${PROTOCOL_FLAGS:-}" "$d" "$PROTOCOL_DIR/digit$d" \
       > "$work/protocol_digit$d.log" 2>&1 &
     pids+=($!)
   done

@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from benchmarks import common, protocol
+from keras_congeal.constants import LEARNING_RATE_SCHEDULES
 
 SCHEMA = "keras_congeal.mnist_protocols/1"
 METHODS = (
@@ -213,6 +214,8 @@ def _settings(args):
     settings = CongealSettings()
     if args.epochs is not None:
         settings = settings.replace(epochs=args.epochs)
+    if args.learning_rate_schedule is not None:
+        settings = settings.replace(learning_rate_schedule=args.learning_rate_schedule)
     return settings
 
 
@@ -494,6 +497,12 @@ class MnistProtocols(protocol.Protocol):
             "--n", type=int, help="images per digit (default: 1000 quick, 6000 full)"
         )
         parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
+        parser.add_argument(
+            "--learning-rate-schedule",
+            choices=LEARNING_RATE_SCHEDULES,
+            help="keras_congeal's (default: CongealSettings' own, cosine; the committed "
+            "tables trained with constant, which their files need to --resume)",
+        )
         parser.add_argument(
             "--mnist",
             default=None,

@@ -436,6 +436,26 @@ def test_a_file_without_a_later_setting_resumes(tmp_path):
         )
 
 
+def test_a_file_from_before_the_schedule_resumes_only_at_the_constant_rate(tmp_path):
+    # Runs written before `learning_rate_schedule` existed trained at a
+    # constant rate: the cosine default must not continue them.
+    from keras_congeal.settings import CongealSettings
+
+    path = tmp_path / "old.json"
+    current = CongealSettings().to_dict()
+    assert current["learning_rate_schedule"] == "cosine"
+    older = {k: v for k, v in current.items() if k != "learning_rate_schedule"}
+    path.write_text(json.dumps({"schema": "s/1", "config": {"congeal_settings": older},
+                                "runs": [], "results": {"a": {"x": 1}}}))
+    constant = {**current, "learning_rate_schedule": "constant"}
+    store = common.ResultStore(path, "s/1", {"congeal_settings": constant}, {}, resume=True,
+                               read_config=protocol.read_congeal_config)
+    assert store.done("a")
+    with pytest.raises(ValueError, match="cannot resume"):
+        common.ResultStore(path, "s/1", {"congeal_settings": current}, {}, resume=True,
+                           read_config=protocol.read_congeal_config)
+
+
 # === The scripts' tables from hand-made results ===
 
 

@@ -104,9 +104,18 @@ def test_protocol_schema_resume_and_report(tmp_path, monkeypatch, capsys):
     assert mnist_protocols.main(["--quick", "--report-only"] + out) == 0
 
 
+def test_protocol_learning_rate_schedule_goes_into_the_config(tmp_path):
+    out = ["--output-dir", str(tmp_path)]
+    assert mnist_protocols.main(ARGS + ["--methods", "input"] + out) == 0
+    assert _load(tmp_path)["config"]["congeal_settings"]["learning_rate_schedule"] == "cosine"
+    assert mnist_protocols.main(ARGS + ["--methods", "input", "--learning-rate-schedule",
+                                        "constant"] + out) == 0
+    assert _load(tmp_path)["config"]["congeal_settings"]["learning_rate_schedule"] == "constant"
+
+
 @pytest.mark.parametrize("bad", [
     ["--digits", "12"], ["--sigmas", "1.5"], ["--methods", "magic"], ["--n", "1"],
-    ["--epochs", "0"],
+    ["--epochs", "0"], ["--learning-rate-schedule", "step"],
 ])
 def test_protocol_bad_arguments(bad, tmp_path):
     with pytest.raises(SystemExit):
