@@ -59,7 +59,11 @@ def _serving_python():
 def trained(tmp_path_factory):
     """A Congealer trained for a few seconds on the demo digits, and its export."""
     images = load_demo()["images"][:COUNT]
-    settings = CongealSettings(epochs=3, batch_size=64, transform="affine", seed=0)
+    # The constant rate the moire test below was calibrated with: trained with
+    # the cosine decay, this 3-epoch model's antialiased and point-sampled
+    # corner errors came within 5% of each other (0.049 against 0.052 px).
+    settings = CongealSettings(epochs=3, batch_size=64, transform="affine", seed=0,
+                               learning_rate_schedule="constant")
     model, _ = fit_congealer(images, settings, monitor_size=0, verbose=0)
     directory = tmp_path_factory.mktemp("e2e")
     result = export_onnx(model, directory / "aligner.onnx", any_size=True)
