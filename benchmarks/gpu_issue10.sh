@@ -27,6 +27,12 @@
 #             budget ends (each finished entry is kept; $PROTOCOL_FLAGS, e.g.
 #             "--learning-rate-schedule constant", go to every process); merge the shards afterwards with
 #             `python -m benchmarks.mnist_protocols --full --merge ...`;
+#   stability benchmarks.stability: long trainings (N = 6000, the full protocol's
+#             cells) by optimizer, one process per (cell, optimizer, training seed) side
+#             by side until the budget ends: cells $STABILITY_CELLS (default the six
+#             that blew up: "0:0.3 4:0.2 5:0.2 7:0.2 8:0.3 9:0.2"), optimizers
+#             $STABILITY_OPTIMIZERS (default "adam adam-cosine"), seeds
+#             $STABILITY_SEEDS (default "0"); files and the report into the tarball;
 #   rasl      RASL (rasl-euclidean) of the quick protocol (N = 1000) on the machine's CPU
 #             cores, one process per digit of $RASL_DIGITS (default: all but 3 and 8, whose
 #             quick results are committed), in the background beside the other phases,
@@ -137,6 +143,25 @@ phase_quick() {  # the quick protocol, float32 and mixed_bfloat16 side by side (
   step quick 100 bash -c "'$PY' -m benchmarks.fit_check '$work/quick.npy' float32 \
     $QUICK_EPOCHS > '$work/quick_float32.json' & '$PY' -m benchmarks.fit_check \
     '$work/quick.npy' mixed_bfloat16 $QUICK_EPOCHS > '$work/quick_mixed_bfloat16.json' & wait"
+}
+
+phase_stability() {  # one process per run, side by side, until the budget ends
+  local cell d s o t pids=() rest=$(( $(left) - 15 )) start=$(date +%s)
+  mkdir -p "$work/stability"
+  for cell in ${STABILITY_CELLS:-0:0.3 4:0.2 5:0.2 7:0.2 8:0.3 9:0.2}; do
+    d=${cell%%:*}; s=${cell#*:}
+    for o in ${STABILITY_OPTIMIZERS:-adam adam-cosine}; do
+      for t in ${STABILITY_SEEDS:-0}; do
+        timeout "$rest" "$PY" -m benchmarks.stability --digits "$d" --sigmas "$s" \
+          --optimizers "$o" --train-seeds "$t" --n "$FULL_N" $FULL_EPOCHS \
+          --output-dir "$work/stability" > "$work/stability_d${d}_s${s}_${o}_${t}.log" 2>&1 &
+        pids+=($!)
+      done
+    done
+  done
+  wait "${pids[@]}"
+  echo "stability: ${#pids[@]} runs for $(( $(date +%s) - start )) s" >> "$summary"
+  "$PY" -m benchmarks.stability --report --output-dir "$work/stability" >> "$summary" 2>&1
 }
 
 phase_protocol() {  # one process per digit and pass until the budget ends

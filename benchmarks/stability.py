@@ -17,7 +17,7 @@ moves a weight by about one learning rate instead of three), `amsgrad` (the
 second moment never decreases), `adam-cosine` (the learning rate decays along a
 cosine to a tenth by the last step: today's default).
 
-Each (digit, sigma, optimizer) is one JSON file in `--output-dir`, written
+Each (digit, sigma, optimizer, training seed) is one JSON file in `--output-dir`, written
 atomically when its run ends; files already there are skipped, so processes
 side by side (one per run, on one GPU) share a folder, and a killed run
 starts again where it stopped. `--report` tables the folder.
@@ -68,11 +68,12 @@ def loss_spikes(losses, ratio):
     return spikes
 
 
-def entry_path(output_dir, digit, sigma, optimizer):
-    return Path(output_dir) / f"digit{digit}_sigma{sigma:g}_{optimizer}.json"
+def entry_path(output_dir, digit, sigma, optimizer, train_seed):
+    name = f"digit{digit}_sigma{sigma:g}_{optimizer}_seed{train_seed}.json"
+    return Path(output_dir) / name
 
 
-def run_one(digit, sigma, optimizer, args, originals):
+def run_one(digit, sigma, optimizer, train_seed, args, originals):
     """Trains one run and returns its JSON entry."""
     import keras
 
@@ -85,7 +86,7 @@ def run_one(digit, sigma, optimizer, args, originals):
                                                                               sigma))
     x = perturbed.astype("float32") / 255.0
     # The optimizer below is the run's whole optimisation: no schedule added.
-    settings = CongealSettings(learning_rate_schedule="constant")
+    settings = CongealSettings(learning_rate_schedule="constant", seed=train_seed)
     if args.epochs is not None:
         settings = settings.replace(epochs=args.epochs)
     steps = settings.epochs_for(len(x)) * -(-len(x) // settings.batch_size)
@@ -108,6 +109,7 @@ def run_one(digit, sigma, optimizer, args, originals):
         "digit": digit,
         "sigma": sigma,
         "optimizer": optimizer,
+        "train_seed": train_seed,
         "n": len(x),
         "steps_planned": steps,
         "epochs_run": len(history["loss"]),
@@ -128,14 +130,16 @@ def report(output_dir):
     if not entries:
         return f"no runs in {output_dir}"
     rows = [
-        [e["digit"], f"{e['sigma']:g}", e["optimizer"], common.fmt(e["apsnr"]),
+        [e["digit"], f"{e['sigma']:g}", e["optimizer"], e.get("train_seed", 0),
+         common.fmt(e["apsnr"]),
          common.fmt(e["ink_kept"]), common.fmt(e["content_scale_median"]),
          f"{e['epochs_run']}/{e['epochs_planned']}", len(e["loss_spikes"]),
          common.fmt(e["lowest_monitored_ink"])]
-        for e in sorted(entries, key=lambda e: (e["digit"], e["sigma"], e["optimizer"]))
+        for e in sorted(entries, key=lambda e: (e["digit"], e["sigma"], e["optimizer"],
+                                                e.get("train_seed", 0)))
     ]
     lines = [common.markdown_table(
-        ["digit", "sigma", "optimizer", "APSNR dB", "ink kept", "scale", "epochs (guard)",
+        ["digit", "sigma", "optimizer", "seed", "APSNR dB", "ink kept", "scale", "epochs (guard)",
          "loss spikes", "lowest sample ink"], rows), ""]
     for name in OPTIMIZERS:
         runs = [e for e in entries if e["optimizer"] == name]
@@ -157,6 +161,8 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=6000, help="images per digit (default 6000)")
     parser.add_argument("--epochs", type=int, help="default: CongealSettings' own")
     parser.add_argument("--seed", type=int, default=0, help="subset and perturbation seed")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
+                        help="training seeds (initial weights, batch order): one run each")
     parser.add_argument("--spike-ratio", type=float, default=1.25)
     parser.add_argument("--mnist", help="mnist.npz or its folder")
     parser.add_argument("--output-dir", default="benchmarks/results/stability")
@@ -176,18 +182,19 @@ def main(argv=None):
     for digit in args.digits:
         originals = mnist_digit_subset(digit, args.n, seed=args.seed, split=MNIST_SPLIT,
                                        path=mnist)
-        for sigma in args.sigmas:
-            for optimizer in args.optimizers:
-                path = entry_path(args.output_dir, digit, sigma, optimizer)
-                if path.exists():
-                    common.log(f"{path.name}: done, skipped")
-                    continue
-                common.log(f"digit {digit} sigma {sigma:g} {optimizer}: training")
-                entry = run_one(digit, sigma, optimizer, args, originals)
-                common.write_json_atomic(path, {"schema": SCHEMA, "run": run, **entry})
-                common.log(f"{path.name}: APSNR {entry['apsnr']:.2f} dB, ink "
-                           f"{entry['ink_kept']:.2f}, {len(entry['loss_spikes'])} loss spikes, "
-                           f"{entry['epochs_run']}/{entry['epochs_planned']} epochs")
+        runs = [(s, o, t) for s in args.sigmas for o in args.optimizers for t in args.train_seeds]
+        for sigma, optimizer, train_seed in runs:
+            path = entry_path(args.output_dir, digit, sigma, optimizer, train_seed)
+            if path.exists():
+                common.log(f"{path.name}: done, skipped")
+                continue
+            common.log(f"digit {digit} sigma {sigma:g} {optimizer} seed {train_seed}: "
+                       "training")
+            entry = run_one(digit, sigma, optimizer, train_seed, args, originals)
+            common.write_json_atomic(path, {"schema": SCHEMA, "run": run, **entry})
+            common.log(f"{path.name}: APSNR {entry['apsnr']:.2f} dB, ink "
+                       f"{entry['ink_kept']:.2f}, {len(entry['loss_spikes'])} loss spikes, "
+                       f"{entry['epochs_run']}/{entry['epochs_planned']} epochs")
     print(report(args.output_dir))
     return 0
 

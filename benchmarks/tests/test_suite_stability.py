@@ -25,9 +25,10 @@ def test_runs_write_one_file_each_skip_done_ones_and_report(tmp_path, capsys):
             "--optimizers", "adam", "adam-cosine", "--output-dir", str(tmp_path)]
     assert stability.main(args) == 0
     files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == ["digit3_sigma0.2_adam-cosine.json", "digit3_sigma0.2_adam.json"]
+    assert files == ["digit3_sigma0.2_adam-cosine_seed0.json", "digit3_sigma0.2_adam_seed0.json"]
     entry = json.loads((tmp_path / files[0]).read_text())
     assert entry["schema"] == stability.SCHEMA and entry["optimizer"] == "adam-cosine"
+    assert entry["train_seed"] == 0
     assert entry["n"] == 32 and entry["epochs_run"] == 2 and not entry["guard_stopped"]
     assert len(entry["history"]["loss"]) == 2 and 0 < entry["ink_kept"] <= 1.5
     assert entry["run"]["command"].startswith("python -m benchmarks.stability")
@@ -36,7 +37,7 @@ def test_runs_write_one_file_each_skip_done_ones_and_report(tmp_path, capsys):
     assert stability.main(args) == 0  # both done: skipped, then the report
     assert (tmp_path / files[1]).stat().st_mtime_ns == before
     out = capsys.readouterr().out
-    assert "| 3 | 0.2 | adam-cosine |" in out and "adam: 1 runs" in out
+    assert "| 3 | 0.2 | adam-cosine | 0 |" in out and "adam: 1 runs" in out
 
 
 def test_unknown_optimizer_is_refused():
