@@ -45,15 +45,18 @@ def make_optimizer(name, learning_rate, steps):
     """The Keras optimizer `name` (see `OPTIMIZERS`) for a run of `steps` steps."""
     import keras
 
+    from keras_congeal.training import CongealSettings, schedule_learning_rate
+
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adam-beta2-0.99":
         return keras.optimizers.Adam(learning_rate, beta_2=0.99)
     if name == "amsgrad":
         return keras.optimizers.Adam(learning_rate, amsgrad=True)
-    if name == "adam-cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.1)
-        return keras.optimizers.Adam(schedule)
+    if name == "adam-cosine":  # the schedule fit_congealer gives by default
+        optimizer = keras.optimizers.Adam(learning_rate)
+        schedule_learning_rate(optimizer, CongealSettings(learning_rate_schedule="cosine"), steps)
+        return optimizer
     raise ValueError(f"Unknown optimizer {name!r}: expected one of {OPTIMIZERS}.")
 
 

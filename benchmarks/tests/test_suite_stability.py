@@ -40,6 +40,17 @@ def test_runs_write_one_file_each_skip_done_ones_and_report(tmp_path, capsys):
     assert "| 3 | 0.2 | adam-cosine | 0 |" in out and "adam: 1 runs" in out
 
 
+def test_adam_cosine_is_the_default_schedule():
+    import keras
+
+    optimizer = stability.make_optimizer("adam-cosine", 1e-3, 40)
+    config = optimizer.get_config()["learning_rate"]["config"]
+    assert config["decay_steps"] == 40 and config["alpha"] == pytest.approx(0.1)
+    optimizer.build([keras.Variable([0.0])])
+    optimizer.iterations.assign(40)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-4)
+
+
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="Unknown optimizer 'sgd'"):
         stability.make_optimizer("sgd", 1e-3, 10)
